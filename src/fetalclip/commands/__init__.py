@@ -1,0 +1,1 @@
+"""Command groups of the ``fetalclip`` CLI; each module exposes ``register(app)``."""

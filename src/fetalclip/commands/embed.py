@@ -1,0 +1,68 @@
+"""``fetalclip embed`` and ``fetalclip embed-text``: embeddings to ``.npz`` files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+MODEL_HELP = "Registered model name, checkpoint folder, published .pt file or hf-hub: reference."
+
+
+def embed_command(
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    model: str = typer.Option("fetalclip-tiny", "--model", "-m", help=MODEL_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, sources, skipped)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files (counted and listed) instead of stopping."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Write L2-normalised image embeddings with their file names."""
+    import numpy as np
+
+    from ..errors import FetalCLIPError
+    from ..io import save_npz_atomic
+    from ..models import load
+    from ..tasks.embed import embed_files, list_image_files
+
+    files = list_image_files(inputs)
+    if not files:
+        raise FetalCLIPError(f"no image files found in {', '.join(map(str, inputs))}")
+    net = load(model, device=device)
+    result = embed_files(net, files, batch_size=batch_size, skip_bad=skip_bad, progress=True)
+    save_npz_atomic(
+        out,
+        embeddings=result.embeddings,
+        sources=np.array(result.sources, dtype=str),
+        skipped=np.array([path for path, _ in result.skipped], dtype=str),
+        model=np.array(net.name),
+    )
+    typer.echo(f"embedded {len(result.sources)} images -> {out} (dim {result.embeddings.shape[1]})")
+    if result.skipped:
+        typer.echo(f"skipped {len(result.skipped)} unreadable files:", err=True)
+        for path, reason in result.skipped:
+            typer.echo(f"  {path}: {reason}", err=True)
+
+
+def embed_text_command(
+    texts: list[str] = typer.Argument(..., help="Prompts to embed."),
+    model: str = typer.Option("fetalclip-tiny", "--model", "-m", help=MODEL_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, texts)."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Write L2-normalised text embeddings with their prompts."""
+    import numpy as np
+
+    from ..io import save_npz_atomic
+    from ..models import load
+    from ..tasks.embed import embed_texts
+
+    net = load(model, device=device)
+    embeddings = embed_texts(net, texts)
+    save_npz_atomic(out, embeddings=embeddings, texts=np.array(texts, dtype=str), model=np.array(net.name))
+    typer.echo(f"embedded {len(texts)} texts -> {out} (dim {embeddings.shape[1]})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("embed")(embed_command)
+    app.command("embed-text")(embed_text_command)

@@ -1,0 +1,38 @@
+"""Exception types shared by every layer.
+
+One base class, so a command-line front end or a service can turn any expected failure into a clear message
+(and a non-zero exit or an HTTP 4xx) while genuine bugs still surface as tracebacks. Every message names the
+file or object at fault and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class FetalCLIPError(Exception):
+    """Base class for expected, user-facing failures."""
+
+
+class ModelNotFoundError(FetalCLIPError):
+    """A model name or path that resolves to nothing loadable."""
+
+
+class CheckpointError(FetalCLIPError):
+    """A checkpoint that cannot be read, or whose weights do not fit the model it claims to be."""
+
+
+class HubUnavailableError(FetalCLIPError):
+    """A hub reference that is neither in the local cache nor reachable over the network."""
+
+
+class ImageReadError(FetalCLIPError):
+    """An input file that cannot be decoded into an image (or a frame of one).
+
+    Carries the file and the reason separately so batch tools can count and list what they skipped.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

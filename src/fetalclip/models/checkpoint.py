@@ -1,0 +1,155 @@
+"""Checkpoint formats: our safetensors folder, and the published ``FetalCLIP_weights.pt``.
+
+Our format is a folder with ``model.safetensors`` (the open_clip ``CLIP`` state dict, unprefixed) and
+``config.json`` (architecture, preprocessing, tokenizer context length and provenance). Loading it never
+unpickles anything. The published format is an open_clip training checkpoint pickled by torch: a dict whose
+``state_dict`` maps ``module.``-prefixed keys to tensors. We read it with ``torch.load(weights_only=True)``,
+which refuses arbitrary code, and check every key and shape before loading, so a wrong or damaged file is a
+clear error rather than a silently half-random model. Folders are written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_NAME = "fetalclip"
+FORMAT_VERSION = 1
+_MAX_LISTED = 8
+
+
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def write_checkpoint_dir(
+    out_dir: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any], overwrite: bool = False
+) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` atomically (temporary folder, then rename)."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        if any(out_dir.iterdir()):
+            raise CheckpointError(f"{out_dir}: already exists and is not empty (pass overwrite=True to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
+        save_file(tensors, str(tmp_dir / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **config}
+        (tmp_dir / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_checkpoint_dir(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict and config of one of our checkpoint folders."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    for required in (config_path, weights_path):
+        if not required.is_file():
+            raise CheckpointError(f"{path}: not a fetalclip checkpoint folder ({required.name} is missing)")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from exc
+    if config.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{config_path}: 'format' is {config.get('format')!r}, expected {FORMAT_NAME!r}")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{config_path}: format version {config['format_version']} is newer than this fetalclip reads "
+            f"({FORMAT_VERSION}); upgrade fetalclip"
+        )
+    try:
+        state_dict = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path}: cannot read weights ({exc}); the file may be truncated") from exc
+    return state_dict, config
+
+
+def read_published_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The unprefixed state dict of a published-format ``.pt`` checkpoint, read without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load (it holds objects other than tensors and plain containers: {exc})"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint, the file may be truncated or not a torch file ({exc})") from exc
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors under 'state_dict'; found {type(obj).__name__}")
+    return {_strip_prefix(key): value for key, value in obj.items()}
+
+
+def write_published_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], epoch: int = 0) -> Path:
+    """Save weights the way the published FetalCLIP_weights.pt is laid out (for interoperability and tests)."""
+    path = Path(path)
+    payload = {"epoch": epoch, "state_dict": {f"module.{k}": v.detach().cpu() for k, v in state_dict.items()}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _strip_prefix(key: str) -> str:
+    return key[len("module."):] if key.startswith("module.") else key
+
+
+def state_dict_mismatches(
+    expected: Mapping[str, torch.Size], found: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """Missing keys, unexpected keys and shape mismatches (as readable strings) between two layouts."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{key}: checkpoint {tuple(found[key].shape)} vs model {tuple(expected[key])}"
+        for key in sorted(set(expected) & set(found))
+        if tuple(found[key].shape) != tuple(expected[key])
+    ]
+    return missing, unexpected, shapes
+
+
+def describe_mismatches(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:_MAX_LISTED])}{more}")
+    return "; ".join(parts)
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load with every key and shape checked first; a mismatch is a ``CheckpointError`` naming ``source``."""
+    expected = {key: value.shape for key, value in module.state_dict().items()}
+    problems = describe_mismatches(*state_dict_mismatches(expected, state_dict))
+    if problems:
+        raise CheckpointError(f"{source}: weights do not fit the model: {problems}")
+    module.load_state_dict(state_dict, strict=True)

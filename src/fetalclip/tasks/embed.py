@@ -1,0 +1,105 @@
+"""Batch image embedding: files in, L2-normalised embeddings out.
+
+Decoding and preprocessing of the next batch run in a small thread pool while the current batch is encoded
+(PIL releases the GIL while decoding and resizing), and at most two batches are in memory at once, so the
+cost stays bounded for any number of files. Bad files either stop the run with their name and reason or,
+with ``skip_bad``, are counted and listed.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.readers import RASTER_SUFFIXES, open_image
+from ..errors import FetalCLIPError, ImageReadError
+from ..models.model import FetalCLIP
+
+
+@dataclass
+class EmbeddingResult:
+    embeddings: np.ndarray  # [N, D] float32
+    sources: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def list_image_files(inputs: Iterable[str | os.PathLike], suffixes: Sequence[str] = RASTER_SUFFIXES) -> list[Path]:
+    """Files named directly, plus image files found recursively (sorted) under directories."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes))
+        else:
+            files.append(path)
+    return files
+
+
+def _load(model: FetalCLIP, path: Path) -> torch.Tensor | ImageReadError:
+    try:
+        return model.preprocess(open_image(path))
+    except ImageReadError as exc:
+        return exc
+    except (ValueError, TypeError) as exc:
+        return ImageReadError(path, str(exc))
+
+
+def embed_files(
+    model: FetalCLIP,
+    paths: Sequence[str | os.PathLike],
+    batch_size: int = 32,
+    skip_bad: bool = False,
+    normalize: bool = True,
+    progress: bool = False,
+    num_threads: int = 2,
+) -> EmbeddingResult:
+    from tqdm.auto import tqdm
+
+    paths = [Path(p) for p in paths]
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    embeddings: list[np.ndarray] = []
+    sources: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool, tqdm(
+        total=len(paths), unit="img", disable=not progress, desc="embed"
+    ) as bar:
+        def submit(batch: list[Path]) -> list[Future]:
+            return [pool.submit(_load, model, path) for path in batch]
+
+        pending = submit(batches[0]) if batches else []
+        for index, batch in enumerate(batches):
+            current, pending = pending, (submit(batches[index + 1]) if index + 1 < len(batches) else [])
+            tensors = []
+            for path, future in zip(batch, current):
+                result = future.result()
+                if isinstance(result, ImageReadError):
+                    if not skip_bad:
+                        raise result
+                    skipped.append((str(path), result.reason))
+                    continue
+                tensors.append(result)
+                sources.append(str(path))
+            if tensors:
+                with torch.inference_mode():
+                    features = model.encode_image(torch.stack(tensors), normalize=normalize)
+                embeddings.append(features.float().cpu().numpy())
+            bar.update(len(batch))
+    dim = model.embed_dim
+    matrix = np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32)
+    return EmbeddingResult(matrix.astype(np.float32, copy=False), sources, skipped)
+
+
+def embed_texts(model: FetalCLIP, texts: Sequence[str], batch_size: int = 256, normalize: bool = True) -> np.ndarray:
+    if not texts:
+        raise FetalCLIPError("no texts to embed")
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            chunks.append(model.encode_text(list(texts[start : start + batch_size]), normalize=normalize).float().cpu().numpy())
+    return np.concatenate(chunks)

@@ -1,0 +1,34 @@
+import numpy as np
+import torch
+from PIL import Image
+
+from fetalclip.tasks.embed import embed_files, embed_texts, list_image_files
+
+
+def test_embeddings_of_real_hc18_images_match_direct_encoding(hc18_dir, tiny_model):
+    files = sorted((hc18_dir / "training_set").glob("*_HC.png"))[:5]
+    result = embed_files(tiny_model, files, batch_size=2)
+    assert result.sources == [str(f) for f in files] and result.skipped == []
+    with torch.inference_mode():
+        direct = tiny_model.encode_image([Image.open(f) for f in files], normalize=True).numpy()
+    np.testing.assert_allclose(result.embeddings, direct, atol=1e-5)
+
+
+def test_unnormalised_option_and_empty_input(tiny_model, tmp_path, gray_image):
+    Image.fromarray(gray_image).save(tmp_path / "x.png")
+    raw = embed_files(tiny_model, [tmp_path / "x.png"], normalize=False).embeddings
+    assert abs(np.linalg.norm(raw) - 1.0) > 1e-3
+    empty = embed_files(tiny_model, [])
+    assert empty.embeddings.shape == (0, 128) and empty.sources == []
+
+
+def test_list_image_files_keeps_order_of_arguments(tmp_path, gray_image):
+    for name in ("b.png", "a.tif", "c.txt"):
+        (tmp_path / name).write_bytes(b"")
+    explicit = tmp_path / "c.txt"
+    assert [p.name for p in list_image_files([explicit, tmp_path])] == ["c.txt", "a.tif", "b.png"]
+
+
+def test_text_embeddings_are_batched_consistently(tiny_model):
+    texts = [f"fetal brain at {w} weeks" for w in range(14, 20)]
+    np.testing.assert_allclose(embed_texts(tiny_model, texts, batch_size=4), embed_texts(tiny_model, texts, batch_size=64), atol=1e-5)
