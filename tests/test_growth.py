@@ -31,3 +31,34 @@ def test_inverse_round_trips_and_is_vectorised():
 def test_unknown_quantile_is_an_error():
     with pytest.raises(ValueError, match="quantile"):
         who_hc(100, 0.33)
+
+
+def test_all_published_quantiles_are_present_and_ordered_over_the_chart():
+    from fetalclip.growth import WHO_HC_QUANTILES
+
+    for q in (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975):
+        assert q in WHO_HC_QUANTILES
+    days = np.arange(14 * 7, 40 * 7 + 1)
+    curves = np.stack([who_hc(days, q) for q in WHO_HC_QUANTILES])
+    assert np.all(np.diff(curves, axis=0) > 0), "quantile curves cross inside 14-40 weeks"
+    assert np.all(np.diff(curves, axis=1) > 0), "a quantile curve decreases with age"
+
+
+def test_extra_quantiles_use_their_own_coefficients():
+    b0, b1, b2, b3 = WHO_HC_COEFFICIENTS[0.1]
+    t = 30.0
+    assert who_hc(210, 0.1) == pytest.approx(math.exp(b0 + b1 * t + b2 * t**2 + b3 * t**3), rel=1e-12)
+    # Inverse of a non-median quantile round-trips as well.
+    assert ga_from_hc(who_hc(210, 0.9), 0.9) == pytest.approx(210, abs=0.02)
+
+
+def test_hadlock_formula_and_its_exact_inverse():
+    from fetalclip.growth import hadlock_ga_from_hc, hadlock_hc
+
+    # Hadlock 1984: 8.96 + 0.540 HC + 0.0003 HC^3 weeks, HC in cm. HC 17.5 cm -> 20.018... weeks.
+    assert hadlock_ga_from_hc(175.0) == pytest.approx((8.96 + 0.54 * 17.5 + 0.0003 * 17.5**3) * 7, rel=1e-12)
+    days = np.array([98.0, 140.0, 203.5, 280.0])
+    np.testing.assert_allclose(hadlock_ga_from_hc(hadlock_hc(days)), days, rtol=0, atol=1e-9)
+    # It is a different reference from WHO's median, but not wildly so in mid-pregnancy.
+    assert abs(float(hadlock_hc(140)) - float(who_hc(140))) < 10
+    assert float(hadlock_hc(7 * 8)) == 0.0
