@@ -47,3 +47,70 @@ def test_auroc_and_dice():
     assert dice(a, b) == pytest.approx(0.5)
     assert dice(np.zeros(3), np.zeros(3)) == 1.0
     assert macro_f1(["x", "y"], ["x", "x"]) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_per_class_scores_by_hand_with_distractor_predictions():
+    # Five images of two true classes; the classifier also offers the distractors "kidney" and "spine".
+    y_true = ["abdomen", "abdomen", "abdomen", "femur", "femur"]
+    y_pred = ["abdomen", "kidney", "femur", "femur", "spine"]
+    report = classification_report(y_true, y_pred, labels=["abdomen", "femur", "kidney", "spine"], ci=False)
+    abdomen, femur = report["per_class"]["abdomen"], report["per_class"]["femur"]
+    # abdomen: tp 1, fp 0, fn 2 -> P 1, R 1/3, F1 0.5.  femur: tp 1, fp 1, fn 1 -> P R F1 all 0.5.
+    assert (abdomen["precision"], abdomen["recall"], abdomen["f1"]) == pytest.approx((1.0, 1 / 3, 0.5))
+    assert (femur["precision"], femur["recall"], femur["f1"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert abdomen["support"] == 3 and femur["support"] == 2
+    assert set(report["per_class"]) == {"abdomen", "femur"}
+    assert report["macro_f1"] == pytest.approx(0.5)
+    assert report["accuracy"] == pytest.approx(2 / 5)
+    # Offering the distractors changes nothing but the predictions: the average stays over true classes.
+    assert macro_f1(y_true, y_pred) == pytest.approx(0.5)
+
+
+def test_macro_f1_matches_sklearn_over_the_evaluated_labels():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(3)
+    labels = ["a", "b", "c", "d", "e"]
+    y_true = rng.choice(labels[:3], 300)
+    y_pred = np.where(rng.random(300) < 0.6, y_true, rng.choice(labels, 300))
+    expected = f1_score(y_true, y_pred, labels=labels[:3], average="macro", zero_division=0)
+    assert macro_f1(y_true, y_pred, labels[:3]) == pytest.approx(expected, abs=1e-12)
+    assert classification_report(y_true, y_pred, labels, ci=False)["macro_f1"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_classification_ci_is_reproducible_and_brackets_the_estimate():
+    rng = np.random.default_rng(5)
+    y_true = rng.choice(["x", "y", "z"], 200)
+    y_pred = np.where(rng.random(200) < 0.8, y_true, rng.choice(["x", "y", "z", "w"], 200))
+    first = classification_report(y_true, y_pred, ["x", "y", "z", "w"], n_bootstrap=300)
+    second = classification_report(y_true, y_pred, ["x", "y", "z", "w"], n_bootstrap=300)
+    assert first["macro_f1_ci"] == second["macro_f1_ci"]
+    low, high = first["macro_f1_ci"]
+    assert low < first["macro_f1"] < high
+    # The same interval as the slow definition: F1 recomputed from labels on each per-resample draw.
+    manual = bootstrap_ci(lambda t, p: macro_f1(t, p, ["x", "y", "z"]), y_true, y_pred, n=300, seed=42)
+    assert tuple(first["macro_f1_ci"]) == pytest.approx(manual, abs=1e-12)
+
+
+def test_unknown_labels_are_errors():
+    with pytest.raises(ValueError, match="not among"):
+        classification_report(["brain", "moon"], ["brain", "brain"], labels=["brain", "femur"], ci=False)
+    with pytest.raises(ValueError, match="not among"):
+        classification_report(["brain"], ["moon"], labels=["brain", "femur"], ci=False)
+    with pytest.raises(ValueError, match="shape"):
+        classification_report(["brain"], ["brain"], labels=["brain", "femur"], scores=np.zeros((1, 3)), ci=False)
+
+
+def test_vpr_band_and_range_edges_are_inclusive_and_its_ci_reproducible():
+    low_edge = float(who_hc(150, 0.025))
+    high_edge = float(who_hc(150, 0.975))
+    ga = np.full(6, 150.0)
+    # In range: exactly the lower band edge (valid), exactly the upper (valid), just above it (invalid),
+    # and HC exactly 100 and 342 mm (in range; 100 mm is far below the band at 150 days). Out of range: 99.9.
+    hc = np.array([low_edge, high_edge, high_edge + 1e-6, 100.0, 342.0, 99.9])
+    result = vpr(ga, hc, n_bootstrap=500)
+    assert result["n_total"] == 6 and result["n_evaluated"] == 5 and result["n_valid"] == 2
+    assert result["vpr"] == pytest.approx(40.0)
+    assert result["ci"] == vpr(ga, hc, n_bootstrap=500)["ci"]
+    valid = np.array([1, 1, 0, 0, 0], dtype=float)
+    assert tuple(result["ci"]) == pytest.approx(bootstrap_ci(lambda v: 100 * v.mean(), valid, n=500, seed=42))

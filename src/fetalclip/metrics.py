@@ -44,25 +44,50 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
-def _f1_per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    precision, recall, f1 = [], [], []
-    for label in labels:
-        tp = np.sum((y_pred == label) & (y_true == label))
-        fp = np.sum((y_pred == label) & (y_true != label))
-        fn = np.sum((y_pred != label) & (y_true == label))
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        precision.append(p)
-        recall.append(r)
-        f1.append(2 * p * r / (p + r) if p + r else 0.0)
-    return np.array(precision), np.array(recall), np.array(f1)
+def _encode(values: np.ndarray, index: dict[Any, int], what: str, labels: Sequence[Any]) -> np.ndarray:
+    try:
+        return np.fromiter((index[v] for v in values.tolist()), dtype=np.int64, count=len(values))
+    except KeyError as exc:
+        unknown = sorted({v for v in values.tolist() if v not in index}, key=str)
+        raise ValueError(f"{what} labels {unknown} are not among the classifier's labels {list(labels)}") from exc
+
+
+def _confusion(true_codes: np.ndarray, pred_codes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Rows: truth, columns: prediction (one ``bincount``, so bootstrap resamples stay cheap)."""
+    return np.bincount(true_codes * n_classes + pred_codes, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def _scores_from_confusion(confusion: np.ndarray, eval_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall and F1 for ``eval_codes``; an undefined ratio counts as 0 (sklearn's rule)."""
+    tp = np.diag(confusion)[eval_codes].astype(np.float64)
+    predicted = confusion.sum(axis=0)[eval_codes]
+    actual = confusion.sum(axis=1)[eval_codes]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(actual > 0, tp / actual, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return precision, recall, f1
+
+
+def _macro_f1_codes(true_codes: np.ndarray, pred_codes: np.ndarray, eval_codes: np.ndarray, n_classes: int) -> float:
+    return float(np.mean(_scores_from_confusion(_confusion(true_codes, pred_codes, n_classes), eval_codes)[2]))
 
 
 def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, eval_labels: Sequence[Any] | None = None) -> float:
-    """Macro F1 over ``eval_labels`` (default: the labels present in ``y_true``)."""
+    """Macro F1 over ``eval_labels`` (default: the labels present in ``y_true``).
+
+    A prediction outside ``eval_labels`` (a distractor) is a false negative for the true class and nothing else.
+    """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labels = list(eval_labels) if eval_labels is not None else sorted(set(y_true.tolist()))
-    return float(np.mean(_f1_per_class(y_true, y_pred, labels)[2])) if labels else float("nan")
+    labels = list(eval_labels) if eval_labels is not None else sorted(set(y_true.tolist()), key=str)
+    if not labels:
+        return float("nan")
+    # Everything outside the evaluated classes shares one extra code: it only ever counts as a miss.
+    index = {label: i for i, label in enumerate(labels)}
+    other = len(labels)
+    true_codes = np.fromiter((index.get(v, other) for v in y_true.tolist()), dtype=np.int64, count=len(y_true))
+    pred_codes = np.fromiter((index.get(v, other) for v in y_pred.tolist()), dtype=np.int64, count=len(y_pred))
+    return _macro_f1_codes(true_codes, pred_codes, np.arange(len(labels)), len(labels) + 1)
 
 
 def classification_report(
@@ -79,43 +104,54 @@ def classification_report(
     """Macro F1 (with CI), per-class precision/recall/F1, balanced accuracy, confusion matrix, top-k.
 
     ``labels`` is every class the classifier could output (distractors included), in score-column order;
-    ``eval_labels`` the classes averaged over (default: those with ground truth).
+    ``eval_labels`` the classes averaged over (default: those with ground truth, in ``labels`` order).
+    Balanced accuracy is the mean recall over ``eval_labels``. The CI resamples images (rows) with
+    ``bootstrap_ci``; labels are integer-coded first so 10,000 resamples of 8,000 images take about a second.
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     labels = list(labels)
-    if eval_labels is None:
-        eval_labels = [label for label in labels if np.any(y_true == label)]
-    eval_labels = list(eval_labels)
-    unknown = sorted(set(y_true.tolist()) - set(labels))
-    if unknown:
-        raise ValueError(f"true labels {unknown} are not among the classifier's labels {labels}")
-    precision, recall, f1 = _f1_per_class(y_true, y_pred, eval_labels)
     index = {label: i for i, label in enumerate(labels)}
-    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    np.add.at(confusion, ([index[t] for t in y_true], [index[p] for p in y_pred]), 1)
+    true_codes = _encode(y_true, index, "true", labels)
+    pred_codes = _encode(y_pred, index, "predicted", labels)
+    if eval_labels is None:
+        present = set(y_true.tolist())
+        eval_labels = [label for label in labels if label in present]
+    eval_labels = list(eval_labels)
+    eval_codes = _encode(np.asarray(eval_labels, dtype=object), index, "evaluated", labels)
+    confusion = _confusion(true_codes, pred_codes, len(labels))
+    precision, recall, f1 = _scores_from_confusion(confusion, eval_codes)
+    support = confusion.sum(axis=1)
+    nan = float("nan")
     report: dict[str, Any] = {
         "n": int(len(y_true)),
         "labels": labels,
         "eval_labels": eval_labels,
-        "macro_f1": float(np.mean(f1)) if eval_labels else float("nan"),
-        "balanced_accuracy": float(np.mean(recall)) if eval_labels else float("nan"),
-        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else float("nan"),
+        "macro_f1": float(np.mean(f1)) if eval_labels else nan,
+        "balanced_accuracy": float(np.mean(recall)) if eval_labels else nan,
+        "accuracy": float(np.mean(true_codes == pred_codes)) if len(y_true) else nan,
         "per_class": {
-            str(label): {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(np.sum(y_true == label))}
-            for label, p, r, f in zip(eval_labels, precision, recall, f1)
+            str(label): {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(support[code])}
+            for label, code, p, r, f in zip(eval_labels, eval_codes, precision, recall, f1)
         },
         "confusion_matrix": confusion.tolist(),
     }
-    if ci and len(y_true):
+    if ci and len(y_true) and eval_labels:
+        n_classes = len(labels)
         report["macro_f1_ci"] = list(
-            bootstrap_ci(lambda t, p: macro_f1(t, p, eval_labels), y_true, y_pred, n=n_bootstrap, seed=seed)
+            bootstrap_ci(
+                lambda t, p: _macro_f1_codes(t, p, eval_codes, n_classes), true_codes, pred_codes, n=n_bootstrap, seed=seed
+            )
         )
     if scores is not None:
         scores = np.asarray(scores)
-        ranking = np.argsort(-scores, axis=1)
-        truth = np.array([index[t] for t in y_true])
+        if scores.shape != (len(y_true), len(labels)):
+            raise ValueError(f"scores must have shape (n, {len(labels)}) in labels order; got {scores.shape}")
+        # A stable sort on the negated scores ranks ties by column order, the same rule argmax uses.
+        ranking = np.argsort(-scores, axis=1, kind="stable")
         report["top_k"] = {
-            f"top{k}": float(np.mean(np.any(ranking[:, :k] == truth[:, None], axis=1))) for k in top_k if k <= len(labels)
+            f"top{k}": float(np.mean(np.any(ranking[:, :k] == true_codes[:, None], axis=1)))
+            for k in top_k
+            if k <= len(labels)
         }
     return report
 
