@@ -1,0 +1,83 @@
+"""Normalised image embeddings of a dataset's samples, with each image's size kept for its pixel spacing.
+
+Zero-shot tasks need one pass over the images (embedding) and, for gestational age, each image's original
+width and height (the 224-input spacing is ``spacing * max(W, H) / 224``). Decoding and preprocessing of
+the next batch run in a small thread pool while the current one is encoded (PIL releases the GIL), so the
+encoder is rarely idle; unreadable images stop the run with their name or, with ``skip_bad``, are listed.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import FetalCLIPError
+from ..models.model import FetalCLIP
+
+
+@dataclass
+class DatasetFeatures:
+    features: torch.Tensor  # [N, E] float32, L2-normalised, CPU
+    indices: list[int]  # dataset index of each row
+    sizes: list[tuple[int, int]]  # (width, height) of each original image
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+
+
+def _prepare(model: FetalCLIP, dataset: Any, index: int) -> tuple[torch.Tensor, tuple[int, int]] | FetalCLIPError:
+    try:
+        sample = dataset[index]
+        image = sample["image"]
+        return model.preprocess(image), (int(image.shape[1]), int(image.shape[0]))
+    except FetalCLIPError as exc:
+        return exc
+    except (ValueError, TypeError, OSError) as exc:
+        return FetalCLIPError(f"{dataset.records[index].get('source', index)}: {exc}")
+
+
+def embed_dataset(
+    model: FetalCLIP,
+    dataset: Any,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 32,
+    skip_bad: bool = False,
+    progress: bool = False,
+    desc: str = "images",
+    num_threads: int = 2,
+) -> DatasetFeatures:
+    """Embed ``dataset[i]`` for ``i`` in ``indices`` (default: all), in batches."""
+    from tqdm.auto import tqdm
+
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    chunks: list[torch.Tensor] = []
+    kept: list[int] = []
+    sizes: list[tuple[int, int]] = []
+    skipped: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool, tqdm(
+        total=len(indices), unit="img", desc=desc, disable=not progress
+    ) as bar:
+        pending = [pool.submit(_prepare, model, dataset, i) for i in batches[0]] if batches else []
+        for number, batch in enumerate(batches):
+            current = pending
+            pending = [pool.submit(_prepare, model, dataset, i) for i in batches[number + 1]] if number + 1 < len(batches) else []
+            tensors = []
+            for index, future in zip(batch, current):
+                result = future.result()
+                if isinstance(result, FetalCLIPError):
+                    if not skip_bad:
+                        raise result
+                    skipped.append((str(dataset.records[index].get("source", index)), str(result)))
+                    continue
+                tensor, size = result
+                tensors.append(tensor)
+                kept.append(index)
+                sizes.append(size)
+            if tensors:
+                with torch.inference_mode():
+                    chunks.append(model.encode_image(torch.stack(tensors), normalize=True).float().cpu())
+            bar.update(len(batch))
+    features = torch.cat(chunks) if chunks else torch.zeros(0, model.embed_dim)
+    return DatasetFeatures(features, kept, sizes, skipped)
