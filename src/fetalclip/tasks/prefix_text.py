@@ -112,21 +112,32 @@ def _extend(
     context = clip.positional_embedding.shape[0]
     positions = (prefix_length + torch.arange(length, device=suffix.device)).clamp(max=context - 1)
     x = clip.token_embedding(suffix).to(dtype) + clip.positional_embedding[positions].to(dtype)
-    causal = torch.full((length, length), float("-inf"), device=suffix.device, dtype=dtype).triu(1)
-    for block, (k_prefix, v_prefix) in zip(clip.transformer.resblocks, cache):
+    mask = torch.full((length, length), float("-inf"), device=suffix.device, dtype=dtype).triu(1)
+    blocks = clip.transformer.resblocks
+    for number, (block, (k_prefix, v_prefix)) in enumerate(zip(blocks, cache)):
         q, k, v = _qkv(block, x)  # [G, S, H, L, d]
         heads, dim = q.shape[2], q.shape[-1]
+        if number == len(blocks) - 1:
+            # Only the pooled token's output is read after the last block: keep its query row alone (every
+            # row still serves as a key), which skips the last MLP for all the other suffix tokens.
+            q = q.gather(3, pool_index[:, :, None, None, None].expand(groups, columns, heads, 1, dim))
+            x = x.gather(2, pool_index[:, :, None, None].expand(groups, columns, 1, x.shape[-1]))
+            keys = torch.arange(length, device=suffix.device)
+            mask = torch.zeros(groups, columns, 1, 1, length, device=suffix.device, dtype=dtype).masked_fill(
+                keys > pool_index[:, :, None, None, None], float("-inf")
+            )
+        rows = q.shape[3]
         scale = 1.0 / math.sqrt(dim)
         # Every suffix of a group sees the same prefix keys: fold S into the query rows instead of copying them.
-        q_rows = q.permute(0, 2, 1, 3, 4).reshape(groups, heads, columns * length, dim)
-        to_prefix = (q_rows @ k_prefix.transpose(-1, -2)) * scale  # [G, H, S*L, P]
-        to_prefix = to_prefix.reshape(groups, heads, columns, length, prefix_length).permute(0, 2, 1, 3, 4)
-        to_self = (q @ k.transpose(-1, -2)) * scale + causal  # [G, S, H, L, L]
+        q_rows = q.permute(0, 2, 1, 3, 4).reshape(groups, heads, columns * rows, dim)
+        to_prefix = (q_rows @ k_prefix.transpose(-1, -2)) * scale  # [G, H, S*rows, P]
+        to_prefix = to_prefix.reshape(groups, heads, columns, rows, prefix_length).permute(0, 2, 1, 3, 4)
+        to_self = (q @ k.transpose(-1, -2)) * scale + mask  # [G, S, H, rows, L]
         weights = torch.softmax(torch.cat([to_prefix, to_self], dim=-1), dim=-1)
-        w_prefix = weights[..., :prefix_length].permute(0, 2, 1, 3, 4).reshape(groups, heads, columns * length, prefix_length)
-        from_prefix = (w_prefix @ v_prefix).reshape(groups, heads, columns, length, dim).permute(0, 2, 1, 3, 4)
+        w_prefix = weights[..., :prefix_length].permute(0, 2, 1, 3, 4).reshape(groups, heads, columns * rows, prefix_length)
+        from_prefix = (w_prefix @ v_prefix).reshape(groups, heads, columns, rows, dim).permute(0, 2, 1, 3, 4)
         x = _finish_block(block, x, from_prefix + weights[..., prefix_length:] @ v)
-    pooled = x.gather(2, pool_index[..., None, None].expand(groups, columns, 1, x.shape[-1])).squeeze(2)
+    pooled = x.squeeze(2)
     pooled = clip.ln_final(pooled)
     projection = clip.text_projection
     if projection is None:
@@ -147,6 +158,7 @@ def encode_prompt_grid(
     prompts: Sequence[Sequence[str]],
     max_rows: int = DEFAULT_MAX_ROWS,
     share_prefixes: bool = True,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Unnormalised text features ``[G, S, E]`` of a ``G x S`` grid of prompts (rows: prompts that start alike).
 
@@ -168,9 +180,12 @@ def encode_prompt_grid(
         out = torch.cat([clip.encode_text(flat_tokens[i : i + chunk]) for i in range(0, len(flat_tokens), chunk)])
         return out.float().view(n_rows, n_cols, -1).cpu()
 
+    from tqdm.auto import tqdm
+
     ends = _end_positions(clip, tokens)  # [G, S]
     prefix_lengths = [_common_prefix_length(tokens[g], ends[g]) for g in range(n_rows)]
     out = torch.empty(n_rows, n_cols, model.embed_dim)
+    bar = tqdm(total=n_rows * n_cols, unit="prompt", desc="prompts", disable=not progress)
     for prefix_length in sorted(set(prefix_lengths)):
         rows = [g for g in range(n_rows) if prefix_lengths[g] == prefix_length]
         tail = int(ends[rows].max()) - prefix_length + 1
@@ -185,4 +200,6 @@ def encode_prompt_grid(
                 pool_index = ends[chunk_rows, col : col + columns_per_pass] - prefix_length
                 features = _extend(clip, cache, suffix, pool_index)
                 out[chunk_rows.cpu(), col : col + columns_per_pass] = features.float().cpu()
+                bar.update(features.shape[0] * features.shape[1])
+    bar.close()
     return out
