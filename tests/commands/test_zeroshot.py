@@ -1,0 +1,106 @@
+"""``fetalclip zeroshot planes|brain|ga`` end to end on a few real images with fetalclip-tiny."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fetalclip.cli import app, main
+
+runner = CliRunner()
+
+
+def _fpdb_manifest(fpdb_dir, path, brain=False):
+    rows = list(csv.DictReader((fpdb_dir / "FETAL_PLANES_DB_data.csv").open(encoding="utf-8-sig"), delimiter=";"))
+    key = "Brain_plane" if brain else "Plane"
+    names = ("Trans-thalamic", "Trans-cerebellum", "Trans-ventricular") if brain else ("Fetal abdomen", "Fetal brain", "Other")
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "brain_plane"])
+        for name in names:
+            for row in [r for r in rows if r[key] == name][:2]:
+                writer.writerow([fpdb_dir / "Images" / f"{row['Image_name']}.png", row["Plane"], row["Brain_plane"]])
+    return path
+
+
+def _hc18_manifest(hc18_dir, path, n=3, spacing=True):
+    rows = list(csv.DictReader((hc18_dir / "training_set_pixel_size_and_HC.csv").open()))[300 : 300 + n]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "pixel_spacing_mm", "hc_mm"])
+        for row in rows:
+            writer.writerow([hc18_dir / "training_set" / row["filename"], "brain", row["pixel size(mm)"] if spacing else "", row["head circumference (mm)"]])
+    return path
+
+
+def test_planes_table_and_json(fpdb_dir, tmp_path):
+    manifest = _fpdb_manifest(fpdb_dir, tmp_path / "planes.csv")
+    out = tmp_path / "planes.json"
+    args = ["zeroshot", "planes", "-m", "fetalclip-tiny", "-d", f"csv:{manifest}"]
+    result = runner.invoke(app, [*args, "-o", str(out), "--n-bootstrap", "50"])
+    assert result.exit_code == 0, result.output
+    assert "macro F1" in result.output and "95% CI" in result.output and "distractors offered: femur" in result.output
+    assert "2 images without a planes label were left out" in result.output
+    saved = json.loads(out.read_text())
+    assert saved["report"]["eval_labels"] == ["abdomen", "brain"] and len(saved["predictions"]) == 4
+    assert saved["metrics"]["zeroshot/planes/f1"] == pytest.approx(100 * saved["report"]["macro_f1"])
+    no_distractors = runner.invoke(app, [*args, "--no-distractors", "--n-bootstrap", "0"])
+    assert no_distractors.exit_code == 0 and "distractors offered" not in no_distractors.output
+
+
+def test_brain_sub_planes(fpdb_dir, tmp_path):
+    manifest = _fpdb_manifest(fpdb_dir, tmp_path / "brain.csv", brain=True)
+    result = runner.invoke(app, ["zeroshot", "brain", "-m", "fetalclip-tiny", "-d", f"csv:{manifest}", "--n-bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    for name in ("trans-thalamic", "trans-cerebellum", "trans-ventricular"):
+        assert name in result.output
+    assert "over 6 images, 3 classes" in result.output
+
+
+def test_unknown_label_exits_2_listing_known_labels(fpdb_dir, tmp_path, capsys):
+    manifest = _fpdb_manifest(fpdb_dir, tmp_path / "planes.csv")
+    manifest.write_text(manifest.read_text().replace("Fetal abdomen", "Fetal elbow"))
+    with pytest.raises(SystemExit) as info:
+        main(["zeroshot", "planes", "-m", "fetalclip-tiny", "-d", f"csv:{manifest}"])
+    assert info.value.code == 2
+    assert "'Fetal elbow'" in capsys.readouterr().err
+
+
+def test_ga_end_to_end_then_redecode_without_a_model(hc18_dir, tmp_path):
+    manifest = _hc18_manifest(hc18_dir, tmp_path / "hc.csv")
+    templates = tmp_path / "t.json"
+    templates.write_text(json.dumps(["Fetal head at {weeks} weeks and {days} days, {spacing} mm per pixel."]))
+    out, scores = tmp_path / "ga.json", tmp_path / "scores.npz"
+    args = ["zeroshot", "ga", "-m", "fetalclip-tiny", "-d", f"csv:{manifest}", "--templates", str(templates)]
+    result = runner.invoke(app, [*args, "-o", str(out), "--save-scores", str(scores), "--n-bootstrap", "50"])
+    assert result.exit_code == 0, result.output
+    assert "VPR" in result.output
+    saved = json.loads(out.read_text())
+    rows = list(csv.DictReader((tmp_path / "ga.csv").open()))
+    assert len(rows) == 3 and {"pred_ga_days", "hc_mm", "within_who_band"} <= set(rows[0])
+    assert (tmp_path / "ga.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = np.load(scores)
+    assert data["scores"].shape == (3, 175) and data["hc_mm"].shape == (3,)
+    assert int(saved["metrics"]["zeroshot/ga/n"]) == 3
+
+    redo = runner.invoke(app, ["zeroshot", "ga", "--scores", str(scores), "--csv", str(tmp_path / "again.csv"), "--n-bootstrap", "50"])
+    assert redo.exit_code == 0, redo.output
+    again = list(csv.DictReader((tmp_path / "again.csv").open()))
+    assert [r["pred_ga_days"] for r in again] == [r["pred_ga_days"] for r in rows]
+    assert [r["source"] for r in again] == [r["source"] for r in rows]
+
+
+def test_ga_argument_and_spacing_errors(hc18_dir, tmp_path, capsys):
+    manifest = _hc18_manifest(hc18_dir, tmp_path / "hc.csv", n=2, spacing=False)
+    with pytest.raises(SystemExit) as info:
+        main(["zeroshot", "ga", "-m", "fetalclip-tiny", "-d", f"csv:{manifest}"])
+    assert info.value.code == 2 and "no pixel spacing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["zeroshot", "ga", "--scores", str(tmp_path / "x.npz"), "-m", "fetalclip-tiny"])
+    assert info.value.code == 2 and "without --model" in capsys.readouterr().err
+    np.savez(tmp_path / "bad.npz", scores=np.zeros((2, 175)))
+    with pytest.raises(SystemExit):
+        main(["zeroshot", "ga", "--scores", str(tmp_path / "bad.npz")])
+    assert "hc_mm" in capsys.readouterr().err
