@@ -181,7 +181,7 @@ def _write_plot(path: Path, pred_days, hc_mm, valid, hc_range, title: str) -> No
     from ..growth import who_hc
     from ..io import atomic_path
 
-    days = np.linspace(13 * 7, 41 * 7, 400)
+    days = np.linspace(14 * 7, 40 * 7, 400)  # the ages the WHO study measured
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     ax.fill_between(days / 7, who_hc(days, 0.025), who_hc(days, 0.975), color="tab:blue", alpha=0.15, label="WHO 2.5-97.5%")
     ax.plot(days / 7, who_hc(days, 0.5), color="tab:blue", lw=1, label="WHO median")

@@ -68,7 +68,7 @@ def load_prompts(path: str | os.PathLike | None = None, task: str = "planes") ->
             texts = [texts]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise FetalCLIPError(f"{path}: class {name!r} needs a non-empty list of prompt strings")
-        key = canonical_label(name, vocabulary, strict=False)
+        key = canonical_label(name, vocabulary, strict=False) or name  # ("Not A Brain" maps to None)
         if key in prompts:
             raise FetalCLIPError(f"{path}: classes {name!r} and another both mean {key!r}; merge their prompts")
         prompts[key] = list(texts)
