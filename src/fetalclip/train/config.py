@@ -3,7 +3,7 @@
 Flat on purpose: every setting has one name that is the same in the file, in ``--set name=value`` and in the
 resolved ``config.json`` a run folder keeps, so a recipe can be read top to bottom and any value changed from
 the command line without knowing which section it lives in. Files may still use TOML tables for grouping
-(``[optim] lr = 1e-3``); table names are checked against :data:`SECTIONS` and then dropped. Unknown keys are
+(``[optimizer] lr = 1e-3``); table names are checked against :data:`SECTIONS` and then dropped. Unknown keys are
 errors naming the file, because a misspelt setting that is silently ignored wastes a cluster run.
 """
 
@@ -23,8 +23,8 @@ from ..errors import FetalCLIPError
 LOSSES = ("clip", "siglip")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-# Sections a config file may use to group keys; purely cosmetic.
-SECTIONS = ("model", "data", "optim", "loss", "run", "eval", "log")
+# Tables a config file may use to group keys; purely cosmetic (they differ from every setting's name).
+SECTIONS = ("architecture", "dataset", "optimizer", "objective", "run", "eval", "logging")
 
 
 @dataclass

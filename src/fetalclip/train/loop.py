@@ -72,11 +72,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def _make_loss(config: TrainConfig, ctx: DistContext):
-    import open_clip
+    from open_clip.loss import ClipLoss, SigLipLoss
 
     if config.loss == "siglip":
-        return open_clip.SigLipLoss(rank=ctx.rank, world_size=ctx.world_size)
-    return open_clip.ClipLoss(
+        return SigLipLoss(rank=ctx.rank, world_size=ctx.world_size)
+    return ClipLoss(
         local_loss=config.local_loss,
         gather_with_grad=config.gather_with_grad,
         cache_labels=True,
