@@ -51,6 +51,16 @@ def test_positions_are_seeded_epochs(pairs_spec):
     again_image, again_tokens = _pair_dataset(pairs_spec)[5]
     assert image.shape == (3, 32, 32) and tokens.shape == (16,)
     assert torch.equal(image, again_image) and torch.equal(tokens, again_tokens)
+    cached = _pair_dataset(pairs_spec)
+    cached.enable_cache()
+    again = next(p for p in range(n, 2 * n) if dataset.item_at(p) == dataset.item_at(5))
+    for position in (5, again, 7):  # the second read of a sample comes from the cache
+        image, tokens = cached[position]
+        assert torch.equal(image, dataset[position][0]) and torch.equal(tokens, dataset[position][1])
+    assert len(cached.cache) == 2
+    # The same as the model's own preprocessing of the sample.
+    sample = dataset.sample_at(7)
+    assert torch.equal(dataset[7][0], dataset.preprocess(sample["image"]))
 
 
 def test_augmentation_is_seeded_by_position(pairs_spec):

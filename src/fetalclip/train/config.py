@@ -44,6 +44,7 @@ class TrainConfig:
     holdout_fraction: float = 0.0  # share of patients kept out of training for evaluation hooks
     caption_fn: str = "template"  # "template" or "module:function" (a CaptionFn) for samples without a caption
     augment: bool = False
+    cache_images: bool = False  # keep model-size images in memory after first use (small data sets, no augment)
     workers: int = 0  # DataLoader worker processes per training process
     # -- optimisation --------------------------------------------------------------------------------------
     steps: int = 100

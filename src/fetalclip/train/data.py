@@ -162,6 +162,13 @@ class PairDataset(Dataset):
         self.caption_fn = caption_fn
         self.augmentation = augmentation
         self._orders: dict[int, np.ndarray] = {}
+        # Model-size images of samples seen before (uint8, so ~150 kB each at 224 px); only without
+        # augmentation, where the model input of a sample is the same every epoch.
+        self.cache: dict[ItemRef, tuple[np.ndarray, dict[str, Any]]] | None = None
+
+    def enable_cache(self) -> None:
+        if self.augmentation is None:
+            self.cache = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -181,13 +188,28 @@ class PairDataset(Dataset):
         return enrich(self.datasets[d][i])
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sample = self.sample_at(position)
+        item = self.item_at(position)
+        cached = self.cache.get(item) if self.cache is not None else None
+        if cached is None:
+            sample = self.sample_at(position)
+            if self.augmentation is None:
+                model_image = np.array(self.preprocess.to_model_image(sample["image"]))
+                if self.cache is not None:
+                    self.cache[item] = (model_image, {k: v for k, v in sample.items() if k not in ("image", "mask")})
+        else:
+            model_image, sample = cached
         caption = caption_of(sample, self.caption_fn, np.random.default_rng([self.seed, _CAPTION_STREAM, int(position)]))
         if self.augmentation is None:
-            image = self.preprocess(sample["image"])
+            image = self._normalise(model_image)
         else:
             image = self._augmented(sample["image"], np.random.default_rng([self.seed, _AUGMENT_STREAM, int(position)]))
         return image, tokenize(caption, self.context_length)[0]
+
+    def _normalise(self, model_image: np.ndarray) -> torch.Tensor:
+        from torchvision.transforms import functional as TF
+
+        config = self.preprocess.config
+        return TF.normalize(TF.to_tensor(model_image), config.mean, config.std)
 
     def _augmented(self, array: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         from torchvision.transforms import functional as TF

@@ -183,6 +183,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
         sources, train_items, model.preprocess, model.context_length, config.seed, caption_fn,
         Augmentation() if config.augment else None,
     )
+    if config.cache_images:
+        dataset.enable_cache()
     sampler = StepBatchSampler(micro_batch, config.accum_steps, ctx.rank, ctx.world_size, start_step, config.steps)
     loader = make_loader(dataset, sampler, config.workers, device)
     if ctx.is_main and builtin_hooks and len(holdout_items) >= 2:
