@@ -142,6 +142,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
     if start_step >= config.steps:
         raise FetalCLIPError(f"{run_dir}: already at step {start_step} of {config.steps}; raise --steps to train further")
 
+    # Data first: a wrong path should fail before minutes of model building.
+    sources = open_sources(config.data)
+    train_items, holdout_items = split_by_patient(sources, config.holdout_fraction, config.seed)
+    caption_fn = resolve_caption_fn(config.caption_fn)
+
     random.seed(config.seed + ctx.rank)
     np.random.seed(config.seed + ctx.rank)
     torch.manual_seed(config.seed + ctx.rank)
@@ -176,9 +181,6 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
     loss_fn = _make_loss(config, ctx)
 
     # -- data -----------------------------------------------------------------------------------------------
-    sources = open_sources(config.data)
-    train_items, holdout_items = split_by_patient(sources, config.holdout_fraction, config.seed)
-    caption_fn = resolve_caption_fn(config.caption_fn)
     dataset = PairDataset(
         sources, train_items, model.preprocess, model.context_length, config.seed, caption_fn,
         Augmentation() if config.augment else None,
