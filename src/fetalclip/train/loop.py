@@ -189,7 +189,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
         dataset.enable_cache()
     sampler = StepBatchSampler(micro_batch, config.accum_steps, ctx.rank, ctx.world_size, start_step, config.steps)
     loader = make_loader(dataset, sampler, config.workers, device)
-    if ctx.is_main and builtin_hooks and len(holdout_items) >= 2:
+    builtin = builtin_hooks and len(holdout_items) >= 2
+    evaluating = bool(hooks) or builtin  # the same on every process: evaluation ends in a collective
+    if ctx.is_main and builtin:
         hooks = [RetrievalHook(held_out_pairs(sources, holdout_items, config.seed, caption_fn, config.eval_max_samples))] + hooks
 
     # -- run folder -----------------------------------------------------------------------------------------
@@ -242,7 +244,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
             last = done == config.steps
             if (config.save_every and done % config.save_every == 0) or last:
                 _save(run_dir, done, config, clip, optimizer, scaler, schedule, ctx)
-            if hooks and ((config.eval_every and done % config.eval_every == 0) or last):
+            if evaluating and ((config.eval_every and done % config.eval_every == 0) or last):
                 metrics = _evaluate(model, hooks, done, autocast_dtype, ctx)
                 if runlog is not None and metrics:
                     runlog.eval(done, metrics)
