@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy import ndimage
 
+from .masks import convex_hull_mask
 from .readers import as_uint8
 
 # Working resolution of the sector search (longest side), enough to place a fan edge within ~2 full-res px.
@@ -50,24 +51,6 @@ class CleaningStats:
 
 def _grey(image: np.ndarray) -> np.ndarray:
     return image if image.ndim == 2 else image.mean(axis=2)
-
-
-def _hull_mask(mask: np.ndarray) -> np.ndarray:
-    """Filled convex hull of a boolean mask (scipy's Qhull for the hull, PIL to rasterise it)."""
-    from scipy.spatial import ConvexHull, QhullError
-
-    ys, xs = np.nonzero(mask)
-    if len(xs) < 3:
-        return mask.copy()
-    # Pixel corners, so a hull of a thin or rectangular region covers its pixels entirely.
-    points = np.concatenate([np.stack([xs + dx, ys + dy], axis=1) for dx in (0, 1) for dy in (0, 1)])
-    try:
-        hull = ConvexHull(points)
-    except QhullError:
-        return mask.copy()
-    canvas = Image.new("1", (mask.shape[1], mask.shape[0]), 0)
-    ImageDraw.Draw(canvas).polygon([tuple(map(float, points[i])) for i in hull.vertices], fill=1, outline=1)
-    return np.asarray(canvas, dtype=bool) | mask
 
 
 def _text_like(mask: np.ndarray) -> np.ndarray:
@@ -96,7 +79,7 @@ def sector_mask(image: np.ndarray, margin_px: int = 2) -> np.ndarray:
     largest = labels == (int(np.argmax(sizes)) + 1)
     if largest.sum() < 0.05 * largest.size:  # nothing that looks like a field of view: leave the image alone
         return np.ones_like(grey, dtype=bool)
-    hull = _hull_mask(ndimage.binary_fill_holes(largest))
+    hull = convex_hull_mask(ndimage.binary_fill_holes(largest))
     # Dim tissue beyond the hull but attached to it (a dark corner of a linear-probe image) is still scan,
     # not background: black borders are near 0, dark speckle is not.
     dim, _ = ndimage.label(smooth > _BLACK_LEVEL)
