@@ -55,6 +55,20 @@ def _split_line(inside: np.ndarray, outside: np.ndarray, line: np.ndarray) -> np
     return ins
 
 
+def _holes(line: np.ndarray) -> np.ndarray:
+    """Background enclosed by ``line``: 4-connected background components not touching the border (the
+    complement of an 8-connected curve must be 4-connected, or it would leak through diagonal steps).
+    Labelling once is several times cheaper than ``binary_fill_holes``'s iterated dilation."""
+    labels, count = ndimage.label(~line)
+    if count == 0:
+        return np.zeros_like(line)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    enclosed = np.ones(count + 1, dtype=bool)
+    enclosed[border] = False
+    enclosed[0] = False
+    return enclosed[labels]
+
+
 def fill_outline(outline: np.ndarray) -> np.ndarray:
     """uint8 HxW mask (1 inside) from a drawn closed outline (nonzero pixels), open at the border or not."""
     line_full = np.asarray(outline) > 0
@@ -62,14 +76,17 @@ def fill_outline(outline: np.ndarray) -> np.ndarray:
     if not line_full.any():
         return result
     # Work in the outline's bounding box (plus a margin of background), a fraction of the image.
-    ys, xs = np.nonzero(line_full)
+    rows, cols = np.flatnonzero(line_full.any(axis=1)), np.flatnonzero(line_full.any(axis=0))
     margin = 3
-    box = (slice(max(0, ys.min() - margin), ys.max() + margin + 1), slice(max(0, xs.min() - margin), xs.max() + margin + 1))
+    box = (slice(max(0, rows[0] - margin), rows[-1] + margin + 1), slice(max(0, cols[0] - margin), cols[-1] + margin + 1))
     line = line_full[box]
-    # Close one-pixel gaps in the drawing; edge padding stops the closing from eating lines at the border.
-    pad = 2
-    closed = ndimage.binary_closing(np.pad(line, pad, mode="edge"), structure=_EIGHT)[pad:-pad, pad:-pad] | line
-    inside = ndimage.binary_fill_holes(closed) & ~closed
+    inside = _holes(line)
+    closed = line
+    if inside.sum() < 0.05 * line.sum():
+        # Close one-pixel gaps in the drawing; edge padding stops the closing from eating lines at the border.
+        pad = 2
+        closed = ndimage.binary_closing(np.pad(line, pad, mode="edge"), structure=_EIGHT)[pad:-pad, pad:-pad] | line
+        inside = _holes(closed)
     if inside.sum() < 0.05 * closed.sum():
         # Open at the image border: background components mostly within the outline's hull are inside.
         hull = convex_hull_mask(closed)
