@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FetalCLIPError, ImageReadError
-from ..io import atomic_path, write_json_atomic
+from ..io import atomic_path
 from .captions import CaptionFn, caption_ga_days, caption_sample
 from .frames import FrameSelection
 from .readers import as_uint8
@@ -193,7 +193,7 @@ def _encode_input(task: tuple[int, int, int]) -> tuple[int, list[dict[str, Any]]
             }
             mask = sample.get("mask")
             if settings.masks and mask is not None:
-                item["mask.png"] = png_bytes(np.ascontiguousarray(mask.astype(np.uint8)), compress_level=6)
+                item["mask.png"] = png_bytes(np.ascontiguousarray(mask.astype(np.uint8)))
             encoded.append(item)
     except ImageReadError as exc:
         return position, None, (exc.path, exc.reason)
@@ -258,7 +258,14 @@ def _write_shard(path: Path, items: list[dict[str, Any]]) -> tuple[int, str]:
             for item in items:
                 writer.write(item)
         size, digest = tmp.stat().st_size, _sha256(tmp)
+        tmp.chmod(0o644)  # temp files are private; shards are data others (training jobs) read
     return size, digest
+
+
+def _write_readable_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.chmod(0o644)
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
@@ -335,7 +342,7 @@ def pack_shards(
     start = shards[-1]["inputs"][1] if shards else 0
 
     def write_manifest(complete: bool) -> None:
-        write_json_atomic(manifest_path, {
+        _write_readable_json(manifest_path, {
             "format": FORMAT, "version": FORMAT_VERSION, "settings": settings.as_dict(), "input_digest": order_digest,
             "complete": complete, "shards": shards, "skipped": skipped,
             "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards), "inputs": len(tasks),
