@@ -35,8 +35,19 @@ _SECTOR_SIDE = 320
 _SECTOR_LEVEL = 12
 # Exported borders are black up to compression noise; anything above this is image content.
 _BLACK_LEVEL = 4
+# Other bright components at least this share of the largest also belong to the field of view.
+_SECOND_COMPONENT = 0.1
 # Glyph shadows (a dark outline some scanners draw around text) are at most this bright.
 _SHADOW_LEVEL = 8
+# Seeds on a local background at least this bright (tissue, not the black border) must be strokes to
+# count: at most this half-width and at least this long, in pixels.
+_BRIGHT_BASE = 30
+_STROKE_HALF_WIDTH = 1.5
+_STROKE_MIN_LENGTH = 5
+# ... unless they step up from their immediate surroundings by at least this much.
+_EDGE_STEP = 100
+# More than this share of the field of view "detected" means the detector is wrong for this image.
+_MAX_OVERLAY = 0.08
 
 
 @dataclass
@@ -76,10 +87,12 @@ def sector_mask(image: np.ndarray, margin_px: int = 2) -> np.ndarray:
     if count == 0:
         return np.ones_like(grey, dtype=bool)
     sizes = ndimage.sum_labels(foreground, labels, index=np.arange(1, count + 1))
-    largest = labels == (int(np.argmax(sizes)) + 1)
-    if largest.sum() < 0.05 * largest.size:  # nothing that looks like a field of view: leave the image alone
+    if sizes.max() < 0.05 * foreground.size:  # nothing that looks like a field of view: leave the image alone
         return np.ones_like(grey, dtype=bool)
-    hull = convex_hull_mask(ndimage.binary_fill_holes(largest))
+    # The largest component, plus any other large one: an anechoic band (a vessel, amniotic fluid) can cut
+    # the field of view in two, and zeroing real anatomy is worse than keeping a panel the overlay step sees.
+    keep = np.nonzero(sizes >= _SECOND_COMPONENT * sizes.max())[0] + 1
+    hull = convex_hull_mask(ndimage.binary_fill_holes(np.isin(labels, keep)))
     # Dim tissue beyond the hull but attached to it (a dark corner of a linear-probe image) is still scan,
     # not background: black borders are near 0, dark speckle is not.
     dim, _ = ndimage.label(smooth > _BLACK_LEVEL)
@@ -131,7 +144,8 @@ def overlay_mask(
         if coloured.sum() < 0.05 * max(1, region.sum()):
             found |= coloured
 
-    tophat = grey - ndimage.grey_opening(grey, size=(stroke_px, stroke_px))
+    base = ndimage.grey_opening(grey, size=(stroke_px, stroke_px))
+    tophat = grey - base
     # Drawn colours are learnt from the whole image: marks on the black border show them most clearly.
     candidates = (tophat >= contrast) & (grey >= min_level)
     if candidates.any():
@@ -145,9 +159,27 @@ def overlay_mask(
                 near_spike[max(0, level - 1) : level + 2] = True
                 exact[level] = True
             seeds = candidates & near_spike[grey_level]
-            # A stroke crossing bright anatomy loses its top-hat contrast there but keeps its exact colour:
-            # follow each seed along connected pixels of exactly that colour.
-            found |= ndimage.binary_propagation(seeds, structure=np.ones((3, 3), dtype=bool), mask=seeds | exact[grey_level])
+            # Saturated speckle in bright tissue also piles up at 255. Drawn strokes are either on a dark
+            # background or one or two pixels thin; grains of saturated speckle are neither.
+            on_bright = seeds & (base >= _BRIGHT_BASE)
+            if on_bright.any():
+                thickness = ndimage.distance_transform_edt(on_bright)
+                labels, count = ndimage.label(on_bright, structure=np.ones((3, 3), dtype=bool))
+                widest = np.asarray(ndimage.maximum(thickness, labels, np.arange(1, count + 1))).reshape(-1)
+                extent = np.array([max(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in ndimage.find_objects(labels)])
+                # Drawn marks of any shape (dots, arrows) step sharply up from their surroundings; speckle,
+                # blurred by the imaging, rises gradually to its saturated peak.
+                ids = np.arange(1, count + 1)
+                ring_labels = ndimage.grey_dilation(labels, size=(3, 3)) * (labels == 0)
+                ring_mean = np.nan_to_num(np.asarray(ndimage.mean(grey, ring_labels, ids)).reshape(-1), nan=255.0)
+                step = np.asarray(ndimage.mean(grey, labels, ids)).reshape(-1) - ring_mean
+                grains = ((widest > _STROKE_HALF_WIDTH) | (extent < _STROKE_MIN_LENGTH)) & (step < _EDGE_STEP)
+                seeds &= ~np.isin(labels, np.nonzero(grains)[0] + 1)
+            # A stroke crossing bright anatomy loses most of its top-hat contrast there but keeps its exact
+            # colour: follow each seed along connected pixels of exactly that colour that still stand out a
+            # little (a flat white background, e.g. a figure's margin, does not).
+            follow = seeds | (exact[grey_level] & (tophat >= contrast / 4))
+            found |= ndimage.binary_propagation(seeds, structure=np.ones((3, 3), dtype=bool), mask=follow)
 
     found &= region
     if found.any():
@@ -159,6 +191,10 @@ def overlay_mask(
             ndimage.uniform_filter(unmarked, size=stroke_px), 1e-6
         )
         found |= ring & ((grey - background >= contrast / 2) | (grey <= _SHADOW_LEVEL))
+    if found.sum() > _MAX_OVERLAY * max(1, region.sum()):
+        # Scanner graphics never cover this much: this is not a scan with marks (a re-saved figure, a
+        # screenshot); changing it would do more harm than leaving it.
+        return np.zeros_like(found)
     return found
 
 
