@@ -202,7 +202,8 @@ def _encode_input(task: tuple[int, int, int]) -> tuple[int, list[dict[str, Any]]
 
 def _ordered(tasks: Sequence[tuple[int, int, int]], workers: int) -> Iterator[tuple]:
     """Results of ``_encode_input`` in task order, at most a small window of tasks ahead."""
-    if workers <= 1:
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        # Workers inherit datasets and caption functions by forking; without fork, work in this process.
         for task in tasks:
             yield _encode_input(task)
         return
