@@ -75,7 +75,9 @@ def head(rng: np.random.Generator, ga_days: float, plane: str) -> Anatomy:
     outline = Ellipse(0, 0, a, b, level=brain, label="head")
     shapes: list[Shape] = [
         outline,
-        Ellipse(0, 0, a, b, level=db(rng.uniform(-4, -1)), edge=rng.uniform(2.5, 4.5), edge_px=rng.uniform(0.8, 1.3),
+        # Bone scatters moderately; the bright skull echoes are specular, so the walls facing the beam shine
+        # and the lateral walls stay dimmer, as on a scanner.
+        Ellipse(0, 0, a, b, level=db(rng.uniform(-9, -5)), edge=rng.uniform(2.5, 4.5), edge_px=rng.uniform(0.8, 1.3),
                 hole_a=a - skull, hole_b=b - skull, bone=0.35),
     ]
     falx = dict(half_width=0.0, edge=rng.uniform(0.5, 1.1), edge_px=0.8)
@@ -142,7 +144,7 @@ def abdomen(rng: np.random.Generator, ga_days: float) -> Anatomy:
     a, b = semi_axes_for_perimeter(ac, rng.uniform(0.84, 0.97))
     fluid = _fluid(rng)
     side = rng.choice([-1, 1])
-    outline = Ellipse(0, 0, a, b, level=db(rng.uniform(-16, -12)), edge=rng.uniform(0.5, 1.0), label="abdomen")
+    outline = Ellipse(0, 0, a, b, level=db(rng.uniform(-20, -16)), edge=rng.uniform(0.6, 1.2), label="abdomen")
     shapes: list[Shape] = [
         outline,
         *_ribs(rng, a, b, 2, math.pi),
@@ -172,7 +174,7 @@ def thorax(rng: np.random.Generator, ga_days: float) -> Anatomy:
     fluid = _fluid(rng)
     side = rng.choice([-1, 1])
     shapes: list[Shape] = [
-        Ellipse(0, 0, a, b, level=db(rng.uniform(-11, -7)), edge=0.7),  # lungs fill the chest
+        Ellipse(0, 0, a, b, level=db(rng.uniform(-14, -10)), edge=0.8),  # lungs fill the chest
         *_ribs(rng, a, b, 3, math.pi),
         *_spine(-0.68 * a, 0.1 * a, 0.09 * b, label=None),  # the chest is context: the heart is segmented
         Ellipse(-0.45 * a, side * 0.15 * b, 0.055 * a, 0.055 * a, level=fluid, edge=0.3),  # descending aorta
@@ -211,7 +213,7 @@ def femur(rng: np.random.Generator, ga_days: float) -> Anatomy:
     bone = dict(level=db(-1), edge=rng.uniform(3, 5), bone=2.0, label="femur")
     shaft = [Capsule(-fl / 2 + r, 0, 0, bow, r, **bone), Capsule(0, bow, fl / 2 - r, 0, r, **bone)]
     shapes: list[Shape] = [
-        Ellipse(0, rng.uniform(0, 0.1) * fl, 0.72 * fl, 0.3 * fl, level=db(rng.uniform(-17, -13)), edge=0.6),  # thigh
+        Ellipse(0, rng.uniform(-0.05, 0.05) * fl, 0.75 * fl, 0.38 * fl, level=db(rng.uniform(-20, -16)), edge=0.6),  # thigh
         *(Ellipse(s * (fl / 2 + 0.07 * fl), 0, 0.08 * fl, 0.07 * fl, level=db(rng.uniform(-32, -28))) for s in (-1, 1)),
         *shaft,
     ]
