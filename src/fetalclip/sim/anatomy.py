@@ -85,8 +85,8 @@ def head(rng: np.random.Generator, ga_days: float, plane: str) -> Anatomy:
     if plane == "trans-thalamic":
         shapes += [Capsule(-0.9 * a, 0, -0.18 * a, 0, **falx), Capsule(0.52 * a, 0, 0.9 * a, 0, **falx), csp]
         for side in (-1, 1):
-            shapes.append(Ellipse(-0.02 * a, side * 0.14 * b, 0.17 * a, 0.12 * b, angle=side * 0.3,
-                                  level=db(rng.uniform(-33, -29)), edge=0.15, label="thalami"))
+            shapes.append(Ellipse(-0.03 * a, side * 0.15 * b, 0.2 * a, 0.14 * b, angle=side * 0.3,
+                                  level=db(rng.uniform(-36, -32)), edge=0.2, label="thalami"))
         shapes.append(Capsule(-0.16 * a, 0, 0.22 * a, 0, half_width=0.0, edge=0.5, edge_px=0.7))  # third ventricle
     elif plane == "trans-ventricular":
         shapes += [Capsule(-0.9 * a, 0, 0.25 * a, 0, **falx), Capsule(0.52 * a, 0, 0.9 * a, 0, **falx), csp]
@@ -94,18 +94,20 @@ def head(rng: np.random.Generator, ga_days: float, plane: str) -> Anatomy:
             shapes.append(Ellipse(0.56 * a, side * 0.1 * b, 0.09 * a, 0.045 * b, angle=side * 0.3, level=fluid,
                                   edge=0.3, label="lateral_ventricle"))
             tilt = side * rng.uniform(0.15, 0.35)
-            shapes.append(Ellipse(-0.48 * a, side * 0.33 * b, 0.3 * a, 0.11 * b, angle=tilt, level=fluid, edge=0.5,
+            shapes.append(Ellipse(-0.48 * a, side * 0.33 * b, 0.32 * a, 0.13 * b, angle=tilt, level=fluid, edge=0.5,
                                   label="lateral_ventricle"))
-            shapes.append(Ellipse(-0.5 * a, side * 0.33 * b, 0.2 * a, 0.07 * b, angle=tilt, level=db(rng.uniform(-5, -2)),
-                                  edge=0.6, label="choroid_plexus"))
+            # The echogenic choroid plexus filling the atrium is this plane's landmark.
+            shapes.append(Ellipse(-0.5 * a, side * 0.33 * b, 0.23 * a, 0.09 * b, angle=tilt, level=db(rng.uniform(-4, -1)),
+                                  edge=0.8, label="choroid_plexus"))
     else:  # trans-cerebellum
         shapes += [Capsule(0.52 * a, 0, 0.9 * a, 0, **falx), Capsule(-0.2 * a, 0, 0.25 * a, 0, **falx), csp]
         for side in (-1, 1):
             shapes.append(Ellipse(-0.14 * a, side * 0.1 * b, 0.12 * a, 0.08 * b, level=db(rng.uniform(-31, -27))))
-            shapes.append(Ellipse(-0.5 * a, side * 0.21 * b, 0.15 * a, 0.19 * b, level=db(rng.uniform(-23, -19)),
-                                  edge=1.0, label="cerebellum"))
-        shapes.append(Ellipse(-0.5 * a, 0, 0.12 * a, 0.07 * b, level=db(rng.uniform(-7, -4)), edge=0.4, label="cerebellum"))
-        shapes.append(Ellipse(-0.74 * a, 0, 0.1 * a, 0.22 * b, level=fluid, edge=0.3, label="cisterna_magna"))
+            shapes.append(Ellipse(-0.5 * a, side * 0.22 * b, 0.16 * a, 0.2 * b, level=db(rng.uniform(-23, -19)),
+                                  edge=1.5, label="cerebellum"))
+        shapes.append(Ellipse(-0.5 * a, 0, 0.12 * a, 0.07 * b, level=db(rng.uniform(-7, -4)), edge=0.5, label="cerebellum"))
+        # Fluid behind the cerebellum: a dark crescent in the posterior fossa.
+        shapes.append(Ellipse(-0.76 * a, 0, 0.11 * a, 0.28 * b, level=fluid, edge=0.3, label="cisterna_magna"))
     return Anatomy(
         shapes=shapes,
         labels=HEAD_LABELS,
@@ -113,7 +115,7 @@ def head(rng: np.random.Generator, ga_days: float, plane: str) -> Anatomy:
         zoom=(0.55, 0.9),
         fit=[outline],
         calipers=[(0, b), (0, -b), (a, 0), (-a, 0)],
-        angle_range=(-0.6, 0.6),
+        angle_range=(-0.5, 0.5),
         flip=True,
         measurements={"hc_mm": hc, "bpd_mm": 2 * b, "ofd_mm": 2 * a},
         variant=plane,

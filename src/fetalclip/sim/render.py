@@ -264,6 +264,12 @@ def plan_sample(config: SimConfig, index: int) -> Plan:
     sector = _sector(rng, height, width, anatomy.probe)
     scanner = _scanner(rng, sector, anatomy)
     placement = _layout(rng, anatomy, sector, height, width, near_px=scanner.wall_px + 2)
+    if scanner.far_wall_px is not None:
+        # The uterine wall lies behind the fetus, never through it.
+        placed = (shape.placed(placement) for shape in anatomy.shapes)
+        behind = max(math.hypot(p.centre[0] - sector.apex_x, p.centre[1] - sector.apex_y) + p.radius for p in placed)
+        far = max(scanner.far_wall_px, behind - sector.r_min + 3)
+        scanner.far_wall_px = far if far < sector.r_max - sector.r_min - 3 else None
     plan = Plan(
         index=index,
         label=label,

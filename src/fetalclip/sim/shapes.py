@@ -110,7 +110,12 @@ class Ellipse:
         return self.cx + c * u - s * v, self.cy + s * u + c * v
 
     @property
+    def centre(self) -> tuple[float, float]:
+        return self.cx, self.cy
+
+    @property
     def radius(self) -> float:
+        """Of a disc holding the shape and its edge band."""
         return max(self.a, self.b) + 3 * self.edge_px
 
     def _inside(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,7 +195,12 @@ class Capsule:
         return -(self.y1 - self.y0) / length, (self.x1 - self.x0) / length
 
     @property
+    def centre(self) -> tuple[float, float]:
+        return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
+
+    @property
     def radius(self) -> float:
+        """Of a disc around ``centre`` holding the shape and its edge band."""
         return math.hypot(self.x1 - self.x0, self.y1 - self.y0) / 2 + self.half_width + 3 * self.edge_px
 
     def _distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -201,7 +211,7 @@ class Capsule:
         return np.hypot(px - t * np.float32(dx), py - t * np.float32(dy))
 
     def paint(self, f: Fields, spacing_mm: float) -> None:
-        win = f.grid.window((self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2, self.radius)
+        win = f.grid.window(*self.centre, self.radius)
         if win is None:
             return
         d = self._distance(f.grid.x[win], f.grid.y[win])
