@@ -151,3 +151,6 @@ def test_config_validation():
         SimConfig(size=16)
     with pytest.raises(ValueError):
         SimConfig(ga_days=(200, 100))
+    with pytest.raises(ValueError):
+        SimConfig(seed=-1)
+    assert SimConfig(classes=["femur"]) == SimConfig(classes=("femur",))  # lists are accepted (and hashable after)
