@@ -344,7 +344,7 @@ def echo_fields(plan: Plan, grid: PolarGrid, shapes: list[Shape]) -> Fields:
         specular[min(k, grid.n_r - 1)] += 1.0
     fields = Fields(grid, echo, specular, np.zeros_like(echo))
     for shape in shapes:
-        shape.paint(fields, plan.spacing_mm)
+        shape.paint(fields)
     return fields
 
 

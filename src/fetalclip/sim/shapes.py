@@ -125,7 +125,7 @@ class Ellipse:
             inside &= (u * np.float32(1 / self.hole_a)) ** 2 + (v * np.float32(1 / self.hole_b)) ** 2 > 1
         return inside, q
 
-    def paint(self, f: Fields, spacing_mm: float) -> None:
+    def paint(self, f: Fields) -> None:
         win = f.grid.window(self.cx, self.cy, self.radius)
         if win is None:
             return
@@ -210,7 +210,7 @@ class Capsule:
         t = np.clip((px * np.float32(dx) + py * np.float32(dy)) * np.float32(1 / length2), 0, 1)
         return np.hypot(px - t * np.float32(dx), py - t * np.float32(dy))
 
-    def paint(self, f: Fields, spacing_mm: float) -> None:
+    def paint(self, f: Fields) -> None:
         win = f.grid.window(*self.centre, self.radius)
         if win is None:
             return
