@@ -22,7 +22,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 
 from fetalclip.sim import SimConfig, plan_sample, render_plan
 from fetalclip.sim.geometry import PolarGrid
-from fetalclip.sim.render import _smooth_profile, burn_overlay
+from fetalclip.sim.render import _quantise, _smooth_profile, burn_overlay
 from fetalclip.sim.shapes import Capsule, Ellipse
 
 
@@ -88,11 +88,14 @@ def baseline_render(plan, noise_seed):
     power = echo * np.exp(2 * log_mod)
     z = rng.standard_normal((2, *echo.shape), dtype=np.float32).astype(np.float64) * np.sqrt(power)
     # gaussian_filter normalises to unit sum; rescale to unit L2 norm so both sides keep the tissue's power.
-    norm = 1.0 / math.sqrt(gaussian_filter(np.pad([1.0], 8), sc.psf_depth, truncate=2.5).dot(
-        gaussian_filter(np.pad([1.0], 8), sc.psf_depth, truncate=2.5)))
-    norm *= 1.0 / math.sqrt(gaussian_filter(np.pad([1.0], 8), sc.psf_lateral, truncate=2.5).dot(
-        gaussian_filter(np.pad([1.0], 8), sc.psf_lateral, truncate=2.5)))
-    z = gaussian_filter(z, (0, sc.psf_depth, sc.psf_lateral), truncate=2.5, mode="nearest") * norm
+    line_mm = 0.5 * (s.r_min + s.r_max) * grid.dphi * plan.spacing_mm
+    sigma_depth = _quantise(max(0.7, sc.psf_axial_mm / (grid.dr * plan.spacing_mm)))
+    sigma_lateral = _quantise(max(0.6, sc.psf_lateral_mm / line_mm))
+    norm = 1.0
+    for sigma in (sigma_depth, sigma_lateral):
+        taps = gaussian_filter(np.pad([1.0], 16), sigma, truncate=2.5)
+        norm /= math.sqrt(taps.dot(taps))
+    z = gaussian_filter(z, (0, sigma_depth, sigma_lateral), truncate=2.5, mode="nearest") * norm
     envelope = np.hypot(z[0] + specular, z[1])
     loss = (np.cumsum(bone, axis=0) - bone) * grid.dr * plan.spacing_mm
     loss += sc.attenuation * np.linspace(0, 1, grid.n_r)[:, None]

@@ -6,7 +6,8 @@ It touches no pixels, so listing a dataset of thousands costs milliseconds and a
 it would inside the full set. ``render_plan`` then draws the echo fields on the beam-line grid and simulates
 the scanner: fully developed speckle (a complex Gaussian scattering field, weighted by tissue echogenicity and
 smoothed by a Gaussian point-spread function over the resolution cell, whose magnitude is Rayleigh
-distributed), coherent specular boundaries, two-way attenuation down each beam behind bone (shadows) and with
+distributed; the cell is drawn in mm, so its size in pixels follows the spacing as on a scanner, down to about
+one sample), coherent specular boundaries, two-way attenuation down each beam behind bone (shadows) and with
 depth, random gain and dynamic range in log compression, and scan conversion to pixels. Optional burned-in
 text, a depth ruler and caliper crosses are drawn last, as a scanner overlays them.
 
@@ -109,8 +110,8 @@ class Scanner:
     wall_lines: list[tuple[float, float]]
     far_wall_px: float | None
     far_level: float
-    psf_depth: float
-    psf_lateral: float
+    psf_axial_mm: float  # resolution cell (Gaussian sigma) along the beam
+    psf_lateral_mm: float  # and across it
     dynamic_range_db: float
     gain_db: float
     attenuation: float  # nepers of amplitude lost over the full depth (what TGC did not correct)
@@ -226,8 +227,8 @@ def _scanner(rng: np.random.Generator, sector: Sector, anatomy: Anatomy) -> Scan
         wall_lines=lines,
         far_wall_px=far,
         far_level=10 ** (rng.uniform(-17, -12) / 10),
-        psf_depth=rng.uniform(0.7, 1.3),
-        psf_lateral=rng.uniform(0.6, 1.2),
+        psf_axial_mm=rng.uniform(0.15, 0.35),
+        psf_lateral_mm=rng.uniform(0.35, 0.8),
         dynamic_range_db=rng.uniform(42, 60),
         gain_db=rng.uniform(-5, 4),
         attenuation=rng.uniform(0.0, 1.0),
@@ -298,7 +299,12 @@ def plan_sample(config: SimConfig, index: int) -> Plan:
     return plan
 
 
-@lru_cache(maxsize=32)
+def _quantise(sigma: float) -> float:
+    """PSF widths on a 0.05 grid, capped at 4 samples: few distinct kernels, so their cache stays small."""
+    return round(min(sigma, 4.0) * 20) / 20
+
+
+@lru_cache(maxsize=128)
 def _kernel(sigma: float) -> np.ndarray:
     """Gaussian PSF taps with unit L2 norm, so filtered white noise keeps unit variance."""
     half = max(1, math.ceil(2.5 * sigma))
@@ -322,8 +328,8 @@ def speckle(echo: np.ndarray, specular: np.ndarray, psf_depth: float, psf_latera
     """
     z = rng.standard_normal((2, *echo.shape), dtype=np.float32)
     z *= np.sqrt(echo, dtype=np.float32)
-    z = correlate1d(z, _kernel(round(psf_depth, 2)), axis=1, mode="nearest")
-    z = correlate1d(z, _kernel(round(psf_lateral, 2)), axis=2, mode="nearest")
+    z = correlate1d(z, _kernel(psf_depth), axis=1, mode="nearest")
+    z = correlate1d(z, _kernel(psf_lateral), axis=2, mode="nearest")
     z[0] += specular
     return np.sqrt(z[0] * z[0] + z[1] * z[1])  # np.hypot is several times slower
 
@@ -358,7 +364,12 @@ def render_plan(plan: Plan, noise_seed: tuple[int, ...]) -> tuple[np.ndarray, np
 
     # Slow brightness variation (uneven tissue, beam profile) as a separable log-amplitude field.
     log_mod = _smooth_profile(rng, grid.n_r, sc.modulation)[:, None] + _smooth_profile(rng, grid.n_lines, sc.modulation)[None, :]
-    envelope = speckle(fields.echo * np.exp(2 * log_mod), fields.specular, sc.psf_depth, sc.psf_lateral, rng)
+    # The resolution cell is fixed in mm by the transducer; in grid units it follows the spacing, but never
+    # drops below about one sample, where a display could no longer show speckle as grains.
+    line_mm = 0.5 * (plan.sector.r_min + plan.sector.r_max) * grid.dphi * plan.spacing_mm
+    psf_depth = _quantise(max(0.7, sc.psf_axial_mm / (grid.dr * plan.spacing_mm)))
+    psf_lateral = _quantise(max(0.6, sc.psf_lateral_mm / line_mm))
+    envelope = speckle(fields.echo * np.exp(2 * log_mod), fields.specular, psf_depth, psf_lateral, rng)
 
     # Two-way loss in amplitude: bone behind the sample (exclusive cumulative sum) and uncorrected depth loss.
     step_mm = np.float32(grid.dr * plan.spacing_mm)
