@@ -84,7 +84,8 @@ def baseline_render(plan, noise_seed):
             specular += shape.edge * edge
 
     rng = np.random.default_rng(list(noise_seed))
-    log_mod = _smooth_profile(rng, grid.n_r, sc.modulation)[:, None] + _smooth_profile(rng, grid.n_lines, sc.modulation)[None, :]
+    log_mod = _smooth_profile(rng, grid.n_r, sc.modulation)[:, None]
+    log_mod = log_mod + _smooth_profile(rng, grid.n_lines, sc.modulation)[None, :]
     power = echo * np.exp(2 * log_mod)
     z = rng.standard_normal((2, *echo.shape), dtype=np.float32).astype(np.float64) * np.sqrt(power)
     # gaussian_filter normalises to unit sum; rescale to unit L2 norm so both sides keep the tissue's power.
@@ -151,7 +152,8 @@ def main() -> None:
     for _ in range(args.rounds):  # interleaved, best of rounds: other processes share these cores
         ours.append(run(render_plan, config, indices, ours_cpu))
         base.append(run(baseline_render, config, indices, base_cpu))
-    print(f"images: {args.n} x {args.rounds} rounds at {config.width}x{config.height}, load average {os.getloadavg()[0]:.2f}")
+    print(f"images: {args.n} x {args.rounds} rounds at {config.width}x{config.height}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"pixel agreement (|diff| <= 3 grey levels) on image 0: {agreement:.3f}")
     print(f"ours:     {max(ours):7.1f} images/s wall, {max(ours_cpu):7.1f} per CPU-second, one process "
           f"(rounds: {', '.join(f'{v:.1f}' for v in ours)})")

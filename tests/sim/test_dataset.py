@@ -14,7 +14,8 @@ from fetalclip.sim import MANIFEST_COLUMNS, SimConfig, parse_sim_spec, render_sa
 def test_spec_options():
     n, config = parse_sim_spec("12,seed=3,size=320,classes=brain,femur,per_patient=2,ga=20-30,overlay=0")
     assert n == 12
-    assert config == SimConfig(seed=3, size=320, classes=("brain", "femur"), per_patient=2, ga_days=(140, 216), overlay=0.0)
+    expected = SimConfig(seed=3, size=320, classes=("brain", "femur"), per_patient=2, ga_days=(140, 216), overlay=0.0)
+    assert config == expected
     assert parse_sim_spec("5,classes=Fetal thorax+TC")[1].classes == ("thorax", "trans-cerebellum")
     assert parse_sim_spec("5")[1] == SimConfig()
 

@@ -17,7 +17,9 @@ def sim_command(
     ),
     per_patient: int = typer.Option(4, "--per-patient", min=1, help="Images per synthetic patient (same age)."),
     ga: str = typer.Option("14-38", "--ga", help="Gestational age range in whole weeks, A-B."),
-    overlay: float = typer.Option(0.5, "--overlay", min=0.0, max=1.0, help="Probability of burned-in text and calipers."),
+    overlay: float = typer.Option(
+        0.5, "--overlay", min=0.0, max=1.0, help="Probability of burned-in text and calipers."
+    ),
 ) -> None:
     """Render a phantom set that every command reads as csv:OUT/manifest.csv."""
     from tqdm import tqdm

@@ -97,15 +97,16 @@ def head(rng: np.random.Generator, ga_days: float, plane: str) -> Anatomy:
             shapes.append(Ellipse(-0.48 * a, side * 0.33 * b, 0.32 * a, 0.13 * b, angle=tilt, level=fluid, edge=0.5,
                                   label="lateral_ventricle"))
             # The echogenic choroid plexus filling the atrium is this plane's landmark.
-            shapes.append(Ellipse(-0.5 * a, side * 0.33 * b, 0.23 * a, 0.09 * b, angle=tilt, level=db(rng.uniform(-4, -1)),
-                                  edge=0.8, label="choroid_plexus"))
+            shapes.append(Ellipse(-0.5 * a, side * 0.33 * b, 0.23 * a, 0.09 * b, angle=tilt,
+                                  level=db(rng.uniform(-4, -1)), edge=0.8, label="choroid_plexus"))
     else:  # trans-cerebellum
         shapes += [Capsule(0.52 * a, 0, 0.9 * a, 0, **falx), Capsule(-0.2 * a, 0, 0.25 * a, 0, **falx), csp]
         for side in (-1, 1):
             shapes.append(Ellipse(-0.14 * a, side * 0.1 * b, 0.12 * a, 0.08 * b, level=db(rng.uniform(-31, -27))))
             shapes.append(Ellipse(-0.5 * a, side * 0.22 * b, 0.16 * a, 0.2 * b, level=db(rng.uniform(-23, -19)),
                                   edge=1.5, label="cerebellum"))
-        shapes.append(Ellipse(-0.5 * a, 0, 0.12 * a, 0.07 * b, level=db(rng.uniform(-7, -4)), edge=0.5, label="cerebellum"))
+        vermis = Ellipse(-0.5 * a, 0, 0.12 * a, 0.07 * b, level=db(rng.uniform(-7, -4)), edge=0.5, label="cerebellum")
+        shapes.append(vermis)
         # Fluid behind the cerebellum: a dark crescent in the posterior fossa.
         shapes.append(Ellipse(-0.76 * a, 0, 0.11 * a, 0.28 * b, level=fluid, edge=0.3, label="cisterna_magna"))
     return Anatomy(
@@ -129,7 +130,8 @@ SPINE_AWAY = (-math.pi - 0.3, 0.3)
 def _spine(x: float, r: float, half_gap: float, label: str | None = "spine") -> list[Shape]:
     """Vertebral body plus two posterior ossification centres: three bright dots that shadow."""
     bone = dict(level=db(-2), edge=3.0, bone=0.7, label=label)
-    return [Ellipse(x, 0, r, r, **bone), *(Ellipse(x - 1.9 * r, s * half_gap, 0.6 * r, 0.6 * r, **bone) for s in (-1, 1))]
+    arches = [Ellipse(x - 1.9 * r, s * half_gap, 0.6 * r, 0.6 * r, **bone) for s in (-1, 1)]
+    return [Ellipse(x, 0, r, r, **bone), *arches]
 
 
 def _ribs(rng: np.random.Generator, a: float, b: float, count: int, around: float) -> list[Shape]:
@@ -215,7 +217,8 @@ def femur(rng: np.random.Generator, ga_days: float) -> Anatomy:
     bone = dict(level=db(-1), edge=rng.uniform(3, 5), bone=2.0, label="femur")
     shaft = [Capsule(-fl / 2 + r, 0, 0, bow, r, **bone), Capsule(0, bow, fl / 2 - r, 0, r, **bone)]
     shapes: list[Shape] = [
-        Ellipse(0, rng.uniform(-0.05, 0.05) * fl, 0.75 * fl, 0.38 * fl, level=db(rng.uniform(-20, -16)), edge=0.6),  # thigh
+        Ellipse(0, rng.uniform(-0.05, 0.05) * fl, 0.75 * fl, 0.38 * fl,  # the thigh's soft tissue
+                level=db(rng.uniform(-20, -16)), edge=0.6),
         *(Ellipse(s * (fl / 2 + 0.07 * fl), 0, 0.08 * fl, 0.07 * fl, level=db(rng.uniform(-32, -28))) for s in (-1, 1)),
         *shaft,
     ]
@@ -239,7 +242,8 @@ def cervix(rng: np.random.Generator, ga_days: float) -> Anatomy:
     outline = Ellipse(0, 0, length / 2, width / 2, level=db(rng.uniform(-13, -9)), edge=0.6, label="cervix")
     shapes: list[Shape] = []
     if rng.random() < 0.6:  # the bladder sits between probe and cervix
-        shapes.append(Ellipse(rng.uniform(-0.3, 0.1) * length, -0.85 * width, 0.5 * length, 0.3 * width, level=fluid, edge=0.5))
+        shapes.append(Ellipse(rng.uniform(-0.3, 0.1) * length, -0.85 * width, 0.5 * length, 0.3 * width,
+                              level=fluid, edge=0.5))
     shapes += [
         outline,
         Ellipse(0, 0, 0.42 * length, 0.14 * width, level=db(rng.uniform(-22, -18))),  # glandular zone
@@ -273,7 +277,8 @@ def other(rng: np.random.Generator, ga_days: float) -> Anatomy:
         shapes.append(Ellipse(0, 0, a, b, level=db(rng.uniform(-13, -9)), edge=1.0))
         shapes.append(Capsule(-0.9 * a, 0.9 * b, 0.9 * a, 0.9 * b, 0.0, edge=1.2))  # chorionic plate
         for _ in range(rng.integers(1, 4)):
-            shapes.append(Ellipse(rng.uniform(-0.6, 0.6) * a, rng.uniform(-0.4, 0.4) * b, 0.08 * a, 0.2 * b, level=fluid))
+            x, y = rng.uniform(-0.6, 0.6) * a, rng.uniform(-0.4, 0.4) * b
+            shapes.append(Ellipse(x, y, 0.08 * a, 0.2 * b, level=fluid))  # venous lakes
         extent = 1.6 * a
     elif variant == "cord":
         for _ in range(rng.integers(2, 6)):

@@ -36,7 +36,9 @@ from ..errors import FetalCLIPError
 from ..io import atomic_path, write_json_atomic, write_text_atomic
 from .render import Plan, SimConfig, plan_sample, render_plan
 
-MANIFEST_COLUMNS = ("path", "label", "patient", "pixel_spacing_mm", "ga_days", "hc_mm", "caption", "mask", "brain_plane")
+MANIFEST_COLUMNS = (
+    "path", "label", "patient", "pixel_spacing_mm", "ga_days", "hc_mm", "caption", "mask", "brain_plane",
+)
 
 
 def _class_name(name: str) -> str:
@@ -79,7 +81,9 @@ def parse_sim_spec(argument: str) -> tuple[int, SimConfig]:
                 lo, _, hi = value.partition("-")
                 options["ga_days"] = (int(float(lo) * 7), int(float(hi or lo) * 7) + 6)
             else:
-                raise FetalCLIPError(f"{spec}: unknown option {key!r}; known: seed, size, classes, per_patient, ga, overlay")
+                raise FetalCLIPError(
+                    f"{spec}: unknown option {key!r}; known: seed, size, classes, per_patient, ga, overlay"
+                )
         except ValueError:
             raise FetalCLIPError(f"{spec}: bad value {value!r} for {key}") from None
     if "classes" in options:

@@ -126,7 +126,9 @@ def scan_conversion(grid: PolarGrid, height: int, width: int) -> ScanConversion:
     s = grid.sector
     apex_row = int(round(s.apex_y))
     if s.apex_x != width / 2 or apex_row != s.apex_y or not -height <= apex_row < APEX_PAD:
-        raise ValueError(f"scan conversion needs the apex on the centre column, on a whole row in [-{height}, {APEX_PAD})")
+        raise ValueError(
+            f"scan conversion needs the apex on the centre column, on a whole row in [-{height}, {APEX_PAD})"
+        )
     table_r, table_phi = _apex_table(width, height)
     start = APEX_PAD - apex_row
     r, phi = table_r[start: start + height], table_phi[start: start + height]

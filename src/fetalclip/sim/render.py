@@ -186,7 +186,9 @@ def _sector(rng: np.random.Generator, height: int, width: int, probe: str) -> Se
     return Sector(width / 2, apex_y, r_min, r_max, half)
 
 
-def _layout(rng: np.random.Generator, anatomy: Anatomy, sector: Sector, height: int, width: int, near_px: float) -> Placement:
+def _layout(
+    rng: np.random.Generator, anatomy: Anatomy, sector: Sector, height: int, width: int, near_px: float
+) -> Placement:
     """Zoom and place the anatomy so the outlines that must be measurable lie inside the visible fan."""
     angle = rng.uniform(*anatomy.angle_range)
     if anatomy.flip and rng.random() < 0.5:
@@ -198,7 +200,8 @@ def _layout(rng: np.random.Generator, anatomy: Anatomy, sector: Sector, height: 
         spacing = anatomy.extent_mm / (zoom * height * 0.94**attempt)
         r = sector.r_min + near_px + rng.uniform(0.3, 0.7) * (depth - near_px)
         phi = rng.uniform(-0.4, 0.4) * sector.half_angle
-        placement = Placement(spacing, angle, sector.apex_x + r * math.sin(phi), sector.apex_y + r * math.cos(phi), mirror)
+        x, y = sector.apex_x + r * math.sin(phi), sector.apex_y + r * math.cos(phi)
+        placement = Placement(spacing, angle, x, y, mirror)
         if not anatomy.fit or _fits(anatomy, placement, sector, height, width, near_px):
             return placement
     # Masks are ground truth only for structures wholly in view, so never hand out a placement that is not.
@@ -318,7 +321,9 @@ def _smooth_profile(rng: np.random.Generator, n: int, strength: float) -> np.nda
     return (strength * x / (np.std(x) + 1e-9)).astype(np.float32)
 
 
-def speckle(echo: np.ndarray, specular: np.ndarray, psf_depth: float, psf_lateral: float, rng: np.random.Generator) -> np.ndarray:
+def speckle(
+    echo: np.ndarray, specular: np.ndarray, psf_depth: float, psf_lateral: float, rng: np.random.Generator
+) -> np.ndarray:
     """Envelope of a fully developed speckle field plus coherent specular echoes, on a (depth, line) grid.
 
     Many sub-resolution scatterers per cell make the received signal a circular complex Gaussian with power
@@ -363,7 +368,8 @@ def render_plan(plan: Plan, noise_seed: tuple[int, ...]) -> tuple[np.ndarray, np
     rng = np.random.default_rng(list(noise_seed))
 
     # Slow brightness variation (uneven tissue, beam profile) as a separable log-amplitude field.
-    log_mod = _smooth_profile(rng, grid.n_r, sc.modulation)[:, None] + _smooth_profile(rng, grid.n_lines, sc.modulation)[None, :]
+    log_mod = _smooth_profile(rng, grid.n_r, sc.modulation)[:, None]
+    log_mod = log_mod + _smooth_profile(rng, grid.n_lines, sc.modulation)[None, :]
     # The resolution cell is fixed in mm by the transducer; in grid units it follows the spacing, but never
     # drops below about one sample, where a display could no longer show speckle as grains.
     line_mm = 0.5 * (plan.sector.r_min + plan.sector.r_max) * grid.dphi * plan.spacing_mm

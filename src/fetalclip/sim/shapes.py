@@ -229,7 +229,8 @@ class Capsule:
 
     def mask_region(self, height: int, width: int) -> tuple[tuple[slice, slice], np.ndarray] | None:
         cx, cy = (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
-        win = pixel_window(height, width, cx, cy, math.hypot(self.x1 - self.x0, self.y1 - self.y0) / 2 + self.half_width + 1)
+        half_length = math.hypot(self.x1 - self.x0, self.y1 - self.y0) / 2
+        win = pixel_window(height, width, cx, cy, half_length + self.half_width + 1)
         if win is None:
             return None
         ys = np.arange(win[0].start, win[0].stop, dtype=np.float32)[:, None]
