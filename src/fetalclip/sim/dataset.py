@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
