@@ -17,7 +17,13 @@ import typer
 
 from .errors import FetalCLIPError
 
-COMMAND_MODULES = ("models", "embed", "demo", "data")
+COMMAND_MODULES = (
+    "models",
+    "embed",
+    "data",
+    "sim",
+    "demo",
+)
 
 app = typer.Typer(
     name="fetalclip",
