@@ -17,7 +17,14 @@ import typer
 
 from .errors import FetalCLIPError
 
-COMMAND_MODULES = ("models", "embed", "demo", "train")
+COMMAND_MODULES = (
+    "models",
+    "embed",
+    "data",
+    "sim",
+    "demo",
+    "train",
+)
 
 app = typer.Typer(
     name="fetalclip",

@@ -135,3 +135,15 @@ def test_manifest_count_mismatch_is_an_error(tmp_path):
     (tmp_path / "shards" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(FetalCLIPError, match="shard-000000.tar.*99"):
         open_shard_folder(tmp_path / "shards")
+
+
+def test_reads_what_the_data_layer_packs(tmp_path):
+    from fetalclip.data.shards import pack_shards
+
+    spec = write_pairs(tmp_path / "csvdata", count=10)
+    pack_shards([spec], tmp_path / "packed", shard_size=4, clean=False, workers=1)
+    dataset = open_shard_folder(tmp_path / "packed")
+    assert len(dataset) == 10
+    sample = dataset[3]
+    assert sample["caption"] and sample["image"].dtype == np.uint8 and sample["label"] in LABELS
+    assert sample["patient"] is not None and sample["metadata"]["dataset"]

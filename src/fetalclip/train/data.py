@@ -17,7 +17,6 @@ evaluated on.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data.captions import CaptionFn, template_caption
+from ..data.captions import CaptionFn, caption_sample, template_caption, view_key
 from ..data.datasets import SampleDataset, open_dataset
 from ..errors import FetalCLIPError
 from ..models.preprocess import Preprocessor, pad_to_square, spacing_224, to_rgb_image
@@ -59,15 +58,9 @@ def open_sources(specs: Sequence[str]) -> list[SampleDataset]:
 
 def resolve_caption_fn(name: str) -> CaptionFn:
     """``template`` or ``package.module:function`` (any ``(sample, rng) -> str``)."""
-    if name == "template":
-        return template_caption
-    module_name, sep, attr = name.partition(":")
-    if not sep:
-        raise FetalCLIPError(f"caption_fn {name!r}: use 'template' or 'module:function'")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise FetalCLIPError(f"caption_fn {name!r}: cannot import ({exc})") from exc
+    from ..data.captions import load_caption_fn
+
+    return template_caption if name == "template" else load_caption_fn(name)
 
 
 def patient_key(dataset: SampleDataset, record: dict[str, Any]) -> str:
@@ -95,25 +88,29 @@ def split_by_patient(
 
 
 def enrich(sample: dict[str, Any]) -> dict[str, Any]:
-    """Fill what captions use and a source may lack: model-input pixel spacing, GA from head circumference."""
+    """Fill the model-input pixel spacing captions quote when a source gives only the original spacing."""
     if sample.get("pixel_spacing_224_mm") is None and sample.get("pixel_spacing_mm") is not None:
         height, width = sample["image"].shape[:2]
         sample["pixel_spacing_224_mm"] = spacing_224(sample["pixel_spacing_mm"], width, height)
-    if sample.get("ga_days") is None and sample.get("hc_mm") is not None:
-        from ..growth import ga_from_hc
-
-        sample["ga_days"] = float(ga_from_hc(sample["hc_mm"]))
     return sample
 
 
 def caption_of(sample: dict[str, Any], caption_fn: CaptionFn, rng: np.random.Generator) -> str:
-    caption = sample.get("caption")
-    return caption if caption else caption_fn(sample, rng)
+    return caption_sample(sample, rng, caption_fn)
 
 
 def view_of(sample_or_record: dict[str, Any]) -> str:
-    """The view a caption names (brain sub-plane when known, else the plane): the retrieval target."""
-    return str(sample_or_record.get("brain_plane") or sample_or_record.get("label") or "other")
+    """The view a template caption names (the retrieval target), chosen as ``captions.view_phrases`` does:
+    ``view``, then ``brain_plane`` (unless "other"), then ``label``."""
+    label = sample_or_record.get("label")
+    for name in (sample_or_record.get("view"), sample_or_record.get("brain_plane"), label):
+        if not name:
+            continue
+        key = view_key(name)
+        if key == "other" and name is not label:
+            continue
+        return key or str(name)
+    return "other"
 
 
 @dataclass(frozen=True)
