@@ -194,12 +194,11 @@ class OpenCLIPPreprocess:
     """A baseline's own eval transform behind our ``Preprocessor`` interface."""
 
     def __init__(self, cfg: dict[str, Any]):
-        import open_clip
-        from open_clip.transform import PreprocessCfg
+        from open_clip.transform import PreprocessCfg, image_transform_v2
 
         known = set(PreprocessCfg.__dataclass_fields__)
         self.open_clip_cfg = {key: copy.deepcopy(value) for key, value in cfg.items() if key in known}
-        transform = open_clip.image_transform_v2(PreprocessCfg(**self.open_clip_cfg), is_train=False)
+        transform = image_transform_v2(PreprocessCfg(**self.open_clip_cfg), is_train=False)
         steps = list(transform.transforms)
         split = next((i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__), len(steps))
         self._pil_steps, self._tensor_steps = steps[:split], steps[split:]

@@ -140,8 +140,11 @@ def manifest_checksum(dataset) -> str:
             size = os.path.getsize(source)
         except OSError:
             size = -1
-        row = {"file": os.path.relpath(source, root) if root else source, "size": size}
+        relative = os.path.relpath(source, root) if root else source
+        row = {"file": relative, "size": size}
         row.update({key: record.get(key) for key in _MANIFEST_FIELDS if record.get(key) is not None})
+        if row.get("patient") == source:
+            row["patient"] = relative  # adapters without patient ids use the path itself
         digest.update(json.dumps(row, sort_keys=True, default=str).encode())
         digest.update(b"\n")
     return digest.hexdigest()

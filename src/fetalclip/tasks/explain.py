@@ -5,13 +5,13 @@ A map answers "where in this image is the evidence that it matches class C", wit
 Two methods work on the tokens entering the last transformer block (the output of its first LayerNorm, the
 layer the published FetalCLIP figures used), reshaped to the patch grid:
 
-- ``gradcam`` (default): channel weights are the spatially averaged gradients of the target's zero-shot
-  logit (100 x cosine); one forward and one backward pass per batch, so it is cheap enough for reports.
-- ``scorecam``: the published figures' method (Wang et al. 2020). Each channel, upsampled and min-max scaled
-  to [0, 1], masks the input; the channel's weight is the target's zero-shot probability on the masked image.
-  Gradient-free and usually smoother, but it costs one forward pass per channel (1,024 for ViT-L).
+- ``gradcam`` (default): each token's activations times their gradient of the target's margin over the
+  other classes of the prompt set (zero-shot logits, 100 x cosine; see ``_margin``), summed over channels;
+  one forward and one backward pass per batch, so it is cheap enough for reports.
+- ``scorecam``: the published figures' method (Wang et al. 2020). Each channel, min-max scaled to [0, 1] and
+  upsampled, masks the input; its weight is the gain in the target's margin over a fully masked input. Gradient-free, but it costs one forward pass per channel (1,024 for ViT-L).
 
-Both sum the weighted channels and keep the positive part. Gradients are taken with respect to the hooked
+Both keep the positive part of the map. Gradients are taken with respect to the hooked
 activations only (``torch.autograd.grad``), so parameters' ``.grad`` stay untouched and frozen models work.
 The encoder is found by structure: open_clip's own ViT (``transformer.resblocks[-1].ln_1``) or a timm trunk
 (``trunk.blocks[-1].norm1``), with the class/register tokens dropped before reshaping.
@@ -128,6 +128,20 @@ def _scale_max(cams: torch.Tensor) -> torch.Tensor:
 
 
 # -- the two methods -----------------------------------------------------------------------------------------
+def _margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Target logit minus the log-sum-exp of the other classes' logits (the target logit alone for one class).
+
+    Evidence shared by every class (background, text overlays) cancels, leaving what sets the target apart
+    from the alternatives. Unlike log p(target), it does not saturate: with logits at 100 x cosine a
+    confident model has p = 1.0 in float32, and gradients or score differences of log p vanish.
+    """
+    chosen = logits.gather(1, targets[:, None])[:, 0]
+    if logits.shape[1] == 1:
+        return chosen
+    others = logits.masked_fill(F.one_hot(targets, logits.shape[1]).bool(), float("-inf"))
+    return chosen - torch.logsumexp(others, dim=1)
+
+
 def _gradcam(model, images: torch.Tensor, class_vectors: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     layer, prefix, grid = _cam_layer(model.clip.visual)
     capture = _Capture(layer)
@@ -136,15 +150,18 @@ def _gradcam(model, images: torch.Tensor, class_vectors: torch.Tensor, targets: 
             inputs = images.detach().clone().requires_grad_(True)  # builds the graph even when weights are frozen
             features = F.normalize(model.encode_image(inputs).float(), dim=-1)
             logits = 100.0 * features @ class_vectors.T
-            chosen = logits.gather(1, targets[:, None]).sum()
+            chosen = _margin(logits, targets).sum()
             activations = capture.output
             (gradients,) = torch.autograd.grad(chosen, activations)
     finally:
         capture.close()
     maps = _to_grid(activations.detach().float(), prefix, grid)
     grads = _to_grid(gradients.float(), prefix, grid)
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    cams = F.relu((weights * maps).sum(dim=1))
+    # Each token weighted by its own gradient (not the channel-averaged gradient of CNN Grad-CAM): LayerNorm
+    # outputs are zero-mean across channels, so one weight vector shared by all tokens gives maps whose sign
+    # flips with small changes (often all-negative, hence all-zero after the ReLU). Per token, the product is
+    # the first-order contribution of that token to the target's score.
+    cams = F.relu((grads * maps).sum(dim=1))
     return _scale_max(cams), logits.detach()
 
 
@@ -161,22 +178,34 @@ def _scorecam(
         capture.close()
     logits = 100.0 * features @ class_vectors.T
     size = images.shape[-2:]
+    low = maps.flatten(2).amin(dim=2)[:, :, None, None]
+    high = maps.flatten(2).amax(dim=2)[:, :, None, None]
+    masks_grid = (maps - low) / (high - low).clamp_min(1e-12)  # [B, C, h, w] in [0, 1]
+
+    def target_score(batch: torch.Tensor, target: int) -> torch.Tensor:
+        batch_features = F.normalize(model.encode_image(batch).float(), dim=-1)
+        scores = 100.0 * batch_features @ class_vectors.T
+        return _margin(scores, torch.full((scores.shape[0],), target, dtype=torch.long, device=scores.device))
+
     cams = []
     with torch.inference_mode():
         for index in range(images.shape[0]):
-            masks = F.interpolate(maps[index][:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            low = masks.flatten(1).amin(dim=1)[:, None, None]
-            high = masks.flatten(1).amax(dim=1)[:, None, None]
-            masks = (masks - low) / (high - low).clamp_min(1e-12)
+            target = int(targets[index])
+            # Baseline: the image fully masked (zeros = the normalisation mean), so a weight is the increase in
+            # the target's margin that a channel's region brings (the ScoreCAM paper uses the probability, which
+            # saturates at 1.0 for 100 x cosine logits).
+            baseline = target_score(torch.zeros_like(images[index][None]), target)
             weights = []
-            for start in range(0, masks.shape[0], batch_size):
-                chunk = masks[start : start + batch_size]
-                masked = images[index][None] * chunk[:, None]
-                masked_features = F.normalize(model.encode_image(masked).float(), dim=-1)
-                probabilities = (100.0 * masked_features @ class_vectors.T).softmax(dim=-1)
-                weights.append(probabilities[:, targets[index]])
+            for start in range(0, masks_grid.shape[1], batch_size):
+                chunk = F.interpolate(masks_grid[index, start : start + batch_size, None], size=size, mode="bilinear", align_corners=False)
+                weights.append(target_score(images[index][None] * chunk, target) - baseline)
             weight = torch.cat(weights)
-            cams.append(F.relu((weight[:, None, None] * maps[index]).sum(dim=0)))
+            # Centred weights: LayerNorm channels are dense (every mask covers most of the image), so an
+            # uncentred sum is nearly uniform; channels that help more than the average one show where.
+            weight = weight - weight.mean()
+            # Summing the [0, 1] masks rather than the raw (signed, zero-mean LayerNorm) activations keeps the
+            # map's sign meaningful for transformers.
+            cams.append(F.relu((weight[:, None, None] * masks_grid[index]).sum(dim=0)))
     return _scale_max(torch.stack(cams)), logits
 
 
