@@ -132,10 +132,6 @@ def png_base64(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def label_of(record: Mapping[str, Any], key: str) -> Any:
-    return record.get(key)
-
-
 def stratified_indices(labels: Sequence[Any], per_class: int | None, seed: int, max_total: int | None = None) -> list[int]:
     """Up to ``per_class`` indices per label (all when ``None``), seeded, then capped at ``max_total``."""
     rng = random.Random(seed)
@@ -168,10 +164,15 @@ def default_prompt_set(classes: Sequence[str]) -> dict[str, list[str]]:
 
 # -- tasks implemented here ----------------------------------------------------------------------------------
 def _project_2d(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
-    """2-D coordinates of embeddings: UMAP when installed, else t-SNE, else (tiny sets) PCA."""
+    """2-D coordinates of embeddings: UMAP when installed, else t-SNE; PCA for small sets (< 30 images),
+    where neighbourhood methods have too few neighbours to mean anything."""
     n = len(features)
     if n < 3:
         return np.zeros((n, 2), np.float32), "none"
+    if n < 30:
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(features).astype(np.float32), "pca"
     try:
         import umap  # optional: not a dependency
 
@@ -179,14 +180,10 @@ def _project_2d(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
         return reducer.fit_transform(features).astype(np.float32), "umap"
     except ImportError:
         pass
-    if n >= 10:
-        from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE
 
-        xy = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3.0), init="pca", random_state=seed).fit_transform(features)
-        return xy.astype(np.float32), "t-sne"
-    from sklearn.decomposition import PCA
-
-    return PCA(n_components=2, random_state=seed).fit_transform(features).astype(np.float32), "pca"
+    xy = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3.0), init="pca", random_state=seed).fit_transform(features)
+    return xy.astype(np.float32), "t-sne"
 
 
 def _encode_samples(model, dataset, indices: Sequence[int], batch_size: int = 32, progress: bool = False) -> np.ndarray:
@@ -205,7 +202,7 @@ def embedding_map_task(model, dataset, context: TaskContext) -> TaskOutput:
     """Image embeddings of (up to ``max_images``, stratified) labelled images, projected to 2-D."""
     options = context.options.get("embedding-map", {})
     labels = dataset.column("label")
-    indices = stratified_indices(labels, options.get("per_class"), context.seed, options.get("max_images", 1500))
+    indices = stratified_indices(labels, options.get("per_class"), context.seed, options.get("max_images", 1000))
     if len(indices) < 3:
         raise TaskUnavailable(f"{dataset.name}: fewer than 3 labelled images for an embedding map")
     features = _encode_samples(model, dataset, indices, progress=context.progress)
