@@ -155,8 +155,10 @@ def test_problems_are_reported_before_any_work(tmp_path, planes_dir):
 
 
 def test_argument_parsing(tmp_path):
-    refs = parse_model_args(["fetalclip-tiny", "trained=runs/x", "open_clip:ViT-B-32@openai", "fetalclip-tiny", str(tmp_path)])
-    assert [r.label for r in refs] == ["fetalclip-tiny", "trained", "ViT-B-32@openai", "fetalclip-tiny#2", tmp_path.name]
+    refs = parse_model_args(["fetalclip-tiny", "trained=runs/x", "open_clip:ViT-B-32@openai", "fetalclip-tiny", str(tmp_path),
+                             "open_clip:ViT-B-16@/w/b16.pt", "open_clip:hf-hub:org/repo"])
+    assert [r.label for r in refs] == ["fetalclip-tiny", "trained", "ViT-B-32@openai", "fetalclip-tiny#2", tmp_path.name,
+                                       "ViT-B-16@b16.pt", "repo"]
     assert refs[1].spec == "runs/x" and refs[4].spec == str(tmp_path)
     assert parse_data_args(["planes=fpdb:/d", "ga=hc18:/h"]) == {"planes": "fpdb:/d", "ga": "hc18:/h"}
     with pytest.raises(FetalCLIPError, match="unknown key 'plane'"):

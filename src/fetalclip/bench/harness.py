@@ -47,8 +47,7 @@ def parse_model_args(values: Sequence[str]) -> list[ModelRef]:
             label, spec = match.group(1), match.group(2)
         else:
             spec = value
-            path = Path(spec.removeprefix("open_clip:"))
-            label = path.name if path.name and (os.sep in spec or path.exists()) else spec.removeprefix("open_clip:")
+            label = _default_label(spec)
         if label in seen:
             seen[label] += 1
             label = f"{label}#{seen[label]}"
@@ -56,6 +55,16 @@ def parse_model_args(values: Sequence[str]) -> list[ModelRef]:
             seen[label] = 1
         refs.append(ModelRef(label, spec))
     return refs
+
+
+def _default_label(spec: str) -> str:
+    """A short row name: a path's last component, an open_clip spec without its prefix or weights folder."""
+    body = spec.removeprefix("open_clip:")
+    arch, at, weights = body.partition("@")
+    if at:
+        return f"{arch}@{Path(weights).name or weights}"
+    path = Path(body.removeprefix("local-dir:"))
+    return path.name if path.name and (os.sep in body or path.exists()) else body
 
 
 def parse_data_args(values: Sequence[str]) -> dict[str, str]:
