@@ -22,6 +22,7 @@ def planes(tmp_path):
     return tmp_path / "planes"
 
 
+@pytest.mark.slow
 def test_benchmark_two_models_then_rerun_reuses_everything(tmp_path, planes):
     from fetalclip.models import create_model
 

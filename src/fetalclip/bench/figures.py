@@ -154,4 +154,23 @@ def cam_grid(cams: Sequence[Mapping[str, Any]], title: str = "", max_per_class: 
     return _png(figure)
 
 
-__all__ = ["cam_grid", "confusion_matrix", "embedding_map", "fewshot_curves", "ga_scatter"]
+def cam_panels(image: np.ndarray, maps: Sequence[tuple[str, np.ndarray]], title: str = "") -> bytes:
+    """One image beside its maps, in a row: the input the model saw, then one overlay per (caption, map)."""
+    from ..tasks.explain import overlay
+
+    figure = _figure(2.3 * (len(maps) + 1), 2.7)
+    panels = figure.subplots(1, len(maps) + 1, squeeze=False)[0]
+    panels[0].imshow(image)
+    panels[0].set_title("model input", fontsize=8)
+    for axes, (caption, cam) in zip(panels[1:], maps):
+        axes.imshow(overlay(image, np.asarray(cam, dtype=np.float32)))
+        axes.set_title(caption, fontsize=8)
+    for axes in panels:
+        axes.set_xticks([])
+        axes.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=8)
+    return _png(figure)
+
+
+__all__ = ["cam_grid", "cam_panels", "confusion_matrix", "embedding_map", "fewshot_curves", "ga_scatter"]

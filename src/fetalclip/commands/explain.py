@@ -22,9 +22,8 @@ def explain_command(
     """Write the image with its class-activation map and print the zero-shot scores."""
     import numpy as np
 
-    from ..bench.figures import cam_grid
+    from ..bench.figures import cam_panels
     from ..bench.harness import load_model
-    from ..bench.tasks import png_base64
     from ..data.readers import read_image
     from ..io import write_bytes_atomic
     from ..tasks.explain import METHODS, class_embeddings, compute_cams, load_prompt_set
@@ -41,10 +40,10 @@ def explain_command(
     targets = classes if all_classes else [target]
     results = compute_cams(net, [sample["image"]] * len(targets), classes, vectors, targets, method=method)
     first = results[0]
-    png = cam_grid(
-        [{"label": r.target, "predicted": None, "image_png": png_base64(r.model_image), "cam": r.cam.tolist()} for r in results],
+    png = cam_panels(
+        first.model_image,
+        [(f"{r.target} ({r.scores[r.target]:.1f})", r.cam) for r in results],
         title=f"{image.name} · {net.name} · {method}",
-        max_per_class=1,
     )
     out = out or image.with_name(f"{image.stem}.cam.png")
     write_bytes_atomic(out, png)
