@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -225,17 +226,19 @@ def check_mode(mode: str) -> str:
 
 
 class ImageEncoder(nn.Module):
-    """Preprocessed image batch in, image features out, through an accelerated copy of the image tower."""
+    """Preprocessed image batch in, image features out, through an accelerated copy of the image tower.
+
+    ``exact`` on a GPU is the unmodified tower (the fused kernels here are CPU kernels); ``int8`` is CPU only.
+    """
 
     def __init__(self, model, mode: str = "exact"):
         super().__init__()
         self.mode = check_mode(mode)
-        device = model.device
-        if mode != "eager" and device.type != "cpu":
-            raise FetalCLIPError(f"inference mode {mode!r} is for CPUs; on {device} use mode 'eager'")
-        self.visual = accelerate_module(model.clip.visual, mode)
+        self.device = model.device
+        if mode == "int8" and self.device.type != "cpu":
+            raise FetalCLIPError(f"inference mode 'int8' runs on CPUs only; the model is on {self.device}")
+        self.visual = accelerate_module(model.clip.visual, mode if self.device.type == "cpu" else "eager")
         self.input_dtype = model._input_dtype()
-        self.device = device
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -243,6 +246,34 @@ class ImageEncoder(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
 
-def image_encoder(model, mode: str = "exact") -> ImageEncoder:
-    """The image encoder of ``model`` (a ``FetalCLIP``) for ``mode``: ``exact``, ``int8`` or ``eager``."""
-    return ImageEncoder(model, mode)
+# model -> (weights fingerprint, {mode: encoder}). Weak keys: an encoder lives no longer than its model.
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict[str, ImageEncoder]]]" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(module: nn.Module) -> tuple | None:
+    # In-place updates (optimiser steps, load_state_dict) bump a tensor's version counter, so a packed or
+    # quantised copy made before them is detected as stale. Tensors made under inference_mode have no
+    # counter; such models are simply not cached.
+    tensors = list(module.parameters()) + list(module.buffers())
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((id(t), t._version, t.device, t.dtype) for t in tensors)
+
+
+def image_encoder(model, mode: str = "exact", cache: bool = True) -> ImageEncoder:
+    """The image encoder of ``model`` (a ``FetalCLIP``) for ``mode``: ``exact``, ``int8`` or ``eager``.
+
+    Encoders are cached per model and mode while the model's weights stay untouched, so repeated calls
+    (a service, several embedding runs) pay the weight packing once.
+    """
+    check_mode(mode)
+    fingerprint = _fingerprint(model.clip.visual) if cache else None
+    if fingerprint is None:
+        return ImageEncoder(model, mode)
+    stamp, encoders = _CACHE.get(model, (None, {}))
+    if stamp != fingerprint:
+        encoders = {}
+        _CACHE[model] = (fingerprint, encoders)
+    if mode not in encoders:
+        encoders[mode] = ImageEncoder(model, mode)
+    return encoders[mode]
