@@ -3,8 +3,8 @@
 On a CPU a ViT spends ~80% of its time in the linear layers and most of the rest in attention glue, GELU
 and copies. Compiling the whole graph costs minutes on a small machine (``torch.compile`` with inductor
 freezing took 140 s to warm up ViT-B/16 on 2 cores) and won nothing measurable over eager PyTorch there,
-nor did TorchScript trace+freeze, because both keep MKL's fp32 GEMM. So this module edits the module tree
-instead, once, in a few seconds, and picks the kernels itself:
+nor did TorchScript trace+freeze (both keep MKL's fp32 GEMM, slower here than oneDNN's on packed weights).
+So this module edits the module tree instead, once, in a few seconds, and picks the kernels itself:
 
 - ``exact``: every ``nn.Linear`` and the ``nn.MultiheadAttention`` projections (whose input projection is
   a bare parameter, not an ``nn.Linear``) become oneDNN linear calls on weights pre-packed into the
