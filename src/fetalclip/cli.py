@@ -17,7 +17,13 @@ import typer
 
 from .errors import FetalCLIPError
 
-COMMAND_MODULES = ("models", "embed", "demo")
+COMMAND_MODULES = (
+    "models",
+    "embed",
+    "data",
+    "sim",
+    "demo",
+)
 
 app = typer.Typer(
     name="fetalclip",
