@@ -14,6 +14,16 @@ def test_embeddings_of_real_hc18_images_match_direct_encoding(hc18_dir, tiny_mod
     np.testing.assert_allclose(result.embeddings, direct, atol=1e-5)
 
 
+def test_modes_on_real_hc18_images(hc18_dir, tiny_model):
+    files = sorted((hc18_dir / "training_set").glob("*_HC.png"))[:5]
+    eager = embed_files(tiny_model, files, batch_size=3, mode="eager").embeddings
+    exact = embed_files(tiny_model, files, batch_size=3, mode="exact").embeddings
+    np.testing.assert_allclose(exact, eager, atol=1e-5, rtol=0)
+    int8 = embed_files(tiny_model, files, batch_size=3, mode="int8")
+    assert int8.sources == [str(f) for f in files]
+    assert (int8.embeddings * exact).sum(1).min() >= 0.999
+
+
 def test_unnormalised_option_and_empty_input(tiny_model, tmp_path, gray_image):
     Image.fromarray(gray_image).save(tmp_path / "x.png")
     raw = embed_files(tiny_model, [tmp_path / "x.png"], normalize=False).embeddings
