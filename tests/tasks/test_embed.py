@@ -42,3 +42,16 @@ def test_list_image_files_keeps_order_of_arguments(tmp_path, gray_image):
 def test_text_embeddings_are_batched_consistently(tiny_model):
     texts = [f"fetal brain at {w} weeks" for w in range(14, 20)]
     np.testing.assert_allclose(embed_texts(tiny_model, texts, batch_size=4), embed_texts(tiny_model, texts, batch_size=64), atol=1e-5)
+
+
+def test_dicom_files_are_embedded_by_their_first_frame(tmp_path, tiny_model, dicom_writer, ramp_frames):
+    single = dicom_writer(tmp_path / "still.dcm", ramp_frames[0], pixel_spacing_mm=(0.1, 0.1))
+    loop = dicom_writer(tmp_path / "loop.dcm", ramp_frames)
+    files = list_image_files([tmp_path])
+    assert [p.name for p in files] == ["loop.dcm", "still.dcm"]
+    result = embed_files(tiny_model, files)
+    with torch.inference_mode():
+        direct = tiny_model.encode_image([ramp_frames[0]], normalize=True).numpy()
+    # Both files start with the same frame, so both embeddings equal the frame's own.
+    np.testing.assert_allclose(result.embeddings, np.repeat(direct, 2, axis=0), atol=1e-5)
+    assert result.sources == [str(loop), str(single)]

@@ -8,7 +8,8 @@ with ``skip_bad``, are counted and listed.
 The image tower runs through ``models.accelerate``: ``mode="exact"`` (default) gives the plain open_clip
 embeddings to float rounding (< 1e-5) with fused CPU kernels, ``"int8"`` trades a cosine of >= 0.999 for
 speed on CPU deployments, ``"eager"`` is the untouched module. Grayscale images take the bit-identical
-fast preprocessing route of ``models.fast_preprocess``.
+fast preprocessing route of ``models.fast_preprocess``. DICOM files and videos are embedded by their first
+frame (clip-level work samples frames explicitly, see ``fetalclip probe clips``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..data.readers import RASTER_SUFFIXES, open_image
+from ..data.dicom import DICOM_SUFFIXES
+from ..data.readers import RASTER_SUFFIXES, open_image, read_frame, source_kind
+from ..data.video import VIDEO_SUFFIXES
 from ..errors import FetalCLIPError, ImageReadError
 from ..models.accelerate import MODES, check_mode, image_encoder
 from ..models.fast_preprocess import FastPreprocessor
@@ -38,7 +41,10 @@ class EmbeddingResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
-def list_image_files(inputs: Iterable[str | os.PathLike], suffixes: Sequence[str] = RASTER_SUFFIXES) -> list[Path]:
+EMBEDDABLE_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES + VIDEO_SUFFIXES
+
+
+def list_image_files(inputs: Iterable[str | os.PathLike], suffixes: Sequence[str] = EMBEDDABLE_SUFFIXES) -> list[Path]:
     """Files named directly, plus image files found recursively (sorted) under directories."""
     files: list[Path] = []
     for item in inputs:
@@ -52,7 +58,10 @@ def list_image_files(inputs: Iterable[str | os.PathLike], suffixes: Sequence[str
 
 def _load(preprocess: FastPreprocessor, path: Path) -> torch.Tensor | ImageReadError:
     try:
-        return preprocess(open_image(path))
+        if source_kind(path) == "raster":
+            return preprocess(open_image(path))
+        # DICOM, video or a folder of frames: one embedding per file, from its first frame.
+        return preprocess(read_frame(path)["image"])
     except ImageReadError as exc:
         return exc
     except (ValueError, TypeError) as exc:
