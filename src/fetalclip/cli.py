@@ -17,7 +17,15 @@ import typer
 
 from .errors import FetalCLIPError
 
-COMMAND_MODULES = ("models", "embed", "demo", "benchmark", "explain")
+COMMAND_MODULES = (
+    "models",
+    "embed",
+    "data",
+    "sim",
+    "demo",
+    "benchmark",
+    "explain",
+)
 
 app = typer.Typer(
     name="fetalclip",

@@ -10,13 +10,14 @@ MODEL_HELP = "Registered model name, checkpoint folder, published .pt, hf-hub: r
 
 
 def explain_command(
-    image: Path = typer.Argument(..., help="Image file."),
+    image: Path = typer.Argument(..., help="Image, DICOM, video file or frame folder."),
     prompt_set: Path = typer.Option(..., "--prompt-set", "-p", help="JSON {class: [prompt, ...]}."),
     model: str = typer.Option("fetalclip-tiny", "--model", "-m", help=MODEL_HELP),
     target: str = typer.Option(None, "--class", "-c", help="Class to explain (default: the zero-shot prediction)."),
     all_classes: bool = typer.Option(False, "--all-classes", help="One panel per class instead of one map."),
     method: str = typer.Option("gradcam", "--method", help="gradcam (fast) or scorecam (as published; one pass per channel)."),
     out: Path = typer.Option(None, "--out", "-o", help="Output PNG (default: IMAGE_STEM.cam.png beside the image)."),
+    frame: int = typer.Option(None, "--frame", help="Frame of a multi-frame source (default: the first)."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Write the image with its class-activation map and print the zero-shot scores."""
@@ -24,7 +25,7 @@ def explain_command(
 
     from ..bench.figures import cam_panels
     from ..bench.harness import load_model
-    from ..data.readers import read_image
+    from ..data.readers import read_frame
     from ..io import write_bytes_atomic
     from ..tasks.explain import METHODS, class_embeddings, compute_cams, load_prompt_set
     from ..errors import FetalCLIPError
@@ -34,7 +35,7 @@ def explain_command(
     prompts = load_prompt_set(prompt_set)
     if target is not None and target not in prompts:
         raise FetalCLIPError(f"--class {target!r} is not in {prompt_set} ({', '.join(prompts)})")
-    sample = read_image(image)
+    sample = read_frame(image, frame)
     net = load_model(model, device=device)
     classes, vectors = class_embeddings(net, prompts)
     targets = classes if all_classes else [target]
