@@ -185,3 +185,14 @@ def test_explain_command_writes_an_overlay(tmp_path, gray_image):
     assert "predicted" in result.output and "brain" in result.output
     picture = np.asarray(Image.open(out).convert("L"))
     assert picture.shape[0] > 200 and picture.std() > 5
+
+
+def test_explain_command_takes_a_frame_of_a_multi_frame_dicom(tmp_path, dicom_writer, ramp_frames):
+    from fetalclip.cli import app
+
+    scan = dicom_writer(tmp_path / "loop.dcm", ramp_frames)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"brain": ["fetal brain"], "femur": ["fetal femur"]}))
+    result = CliRunner().invoke(app, ["explain", str(scan), "--prompt-set", str(prompts), "--frame", "3", "--class", "femur"])
+    assert result.exit_code == 0, result.output
+    assert "map for femur" in result.output and (tmp_path / "loop.cam.png").is_file()
