@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "data",
     "sim",
     "demo",
+    "benchmark",
+    "explain",
     "train",
 )
 
