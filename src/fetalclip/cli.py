@@ -17,7 +17,17 @@ import typer
 
 from .errors import FetalCLIPError
 
-COMMAND_MODULES = ("models", "embed", "demo", "zeroshot")
+COMMAND_MODULES = (
+    "models",
+    "embed",
+    "data",
+    "sim",
+    "demo",
+    "benchmark",
+    "explain",
+    "train",
+    "zeroshot",
+)
 
 app = typer.Typer(
     name="fetalclip",

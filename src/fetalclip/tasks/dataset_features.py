@@ -1,7 +1,9 @@
-"""Normalised image embeddings of a dataset's samples, with each image's size kept for its pixel spacing.
+"""Normalised image embeddings of a dataset's samples, with the pixel spacing of each model input.
 
-Zero-shot tasks need one pass over the images (embedding) and, for gestational age, each image's original
-width and height (the 224-input spacing is ``spacing * max(W, H) / 224``). Decoding and preprocessing of
+Zero-shot tasks need one pass over the images (embedding) and, for gestational age, the mm per pixel of each
+model input. That spacing comes from the model's own preprocessing (``preprocess.with_spacing``): ours pads to
+a square (``spacing * max(W, H) / 224``), an open_clip baseline may crop the shortest side instead, and each
+must be prompted with the spacing of what it actually sees. Decoding and preprocessing of
 the next batch run in a small thread pool while the current one is encoded (PIL releases the GIL), so the
 encoder is rarely idle; unreadable images stop the run with their name or, with ``skip_bad``, are listed.
 """
@@ -22,15 +24,14 @@ from ..models.model import FetalCLIP
 class DatasetFeatures:
     features: torch.Tensor  # [N, E] float32, L2-normalised, CPU
     indices: list[int]  # dataset index of each row
-    sizes: list[tuple[int, int]]  # (width, height) of each original image
+    spacings_224: list[float | None]  # mm per pixel of each model input (None without a known spacing)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
 
 
-def _prepare(model: FetalCLIP, dataset: Any, index: int) -> tuple[torch.Tensor, tuple[int, int]] | FetalCLIPError:
+def _prepare(model: FetalCLIP, dataset: Any, index: int) -> tuple[torch.Tensor, float | None] | FetalCLIPError:
     try:
         sample = dataset[index]
-        image = sample["image"]
-        return model.preprocess(image), (int(image.shape[1]), int(image.shape[0]))
+        return model.preprocess.with_spacing(sample["image"], sample.get("pixel_spacing_mm"))
     except FetalCLIPError as exc:
         return exc
     except (ValueError, TypeError, OSError) as exc:
@@ -54,7 +55,7 @@ def embed_dataset(
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     chunks: list[torch.Tensor] = []
     kept: list[int] = []
-    sizes: list[tuple[int, int]] = []
+    spacings: list[float | None] = []
     skipped: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool, tqdm(
         total=len(indices), unit="img", desc=desc, disable=not progress
@@ -71,13 +72,13 @@ def embed_dataset(
                         raise result
                     skipped.append((str(dataset.records[index].get("source", index)), str(result)))
                     continue
-                tensor, size = result
+                tensor, spacing = result
                 tensors.append(tensor)
                 kept.append(index)
-                sizes.append(size)
+                spacings.append(spacing)
             if tensors:
                 with torch.inference_mode():
                     chunks.append(model.encode_image(torch.stack(tensors), normalize=True).float().cpu())
             bar.update(len(batch))
     features = torch.cat(chunks) if chunks else torch.zeros(0, model.embed_dim)
-    return DatasetFeatures(features, kept, sizes, skipped)
+    return DatasetFeatures(features, kept, spacings, skipped)

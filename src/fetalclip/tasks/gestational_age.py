@@ -29,7 +29,7 @@ from ..errors import FetalCLIPError
 from ..growth import ga_from_hc
 from ..metrics import vpr, vpr_mask
 from ..models.model import FetalCLIP
-from ..models.preprocess import ImageLike, spacing_224
+from ..models.preprocess import ImageLike
 from .dataset_features import embed_dataset
 from .prefix_text import DEFAULT_MAX_ROWS, encode_prompt_grid
 from .zeroshot import LOGIT_SCALE, packaged_prompt_file, read_json_file
@@ -239,11 +239,10 @@ def predict_ga(
         )
     indices = [i for i, r in enumerate(dataset.records) if r.get("pixel_spacing_mm") is not None]
     embedded = embed_dataset(model, dataset, indices, batch_size=batch_size, skip_bad=skip_bad, progress=progress, desc="ga images")
-    image_size = model.preprocess.image_size
     records = [dataset.records[i] for i in embedded.indices]
-    spacings = np.array(
-        [spacing_224(r["pixel_spacing_mm"], w, h, image_size) for r, (w, h) in zip(records, embedded.sizes)], dtype=np.float64
-    )
+    if any(s is None for s in embedded.spacings_224):
+        raise FetalCLIPError(f"{model.name}: its preprocessing gives no single pixel spacing (anisotropic resize); GA prompts need one")
+    spacings = np.array(embedded.spacings_224, dtype=np.float64)
     scores = score_features(model, embedded.features, spacings, templates, days, progress=progress, **options)
     return GAPredictions(
         sources=[r["source"] for r in records],
