@@ -17,7 +17,7 @@ import typer
 
 from .errors import FetalCLIPError
 
-COMMAND_MODULES = ("models", "embed", "demo")
+COMMAND_MODULES = ("models", "embed", "demo", "probe", "biometry")
 
 app = typer.Typer(
     name="fetalclip",

@@ -146,12 +146,20 @@ def largest_component(mask: ArrayLike) -> np.ndarray:
 def rasterize_ellipse(ellipse: Ellipse, shape: tuple[int, int]) -> np.ndarray:
     """uint8 mask (1 inside) of the pixels whose centres lie inside ``ellipse``."""
     height, width = shape
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    out = np.zeros((height, width), dtype=np.uint8)
+    # Only the ellipse's bounding box can be inside: evaluate there (an HC18 head covers a fraction of the image).
+    reach = ellipse.a + 1.0
+    x0, x1 = max(0, int(math.floor(ellipse.cx - reach))), min(width, int(math.ceil(ellipse.cx + reach)) + 1)
+    y0, y1 = max(0, int(math.floor(ellipse.cy - reach))), min(height, int(math.ceil(ellipse.cy + reach)) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return out
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
     cos, sin = math.cos(ellipse.angle), math.sin(ellipse.angle)
     dx, dy = xs - ellipse.cx, ys - ellipse.cy
     u = (dx * cos + dy * sin) / ellipse.a
     v = (-dx * sin + dy * cos) / ellipse.b
-    return ((u * u + v * v) <= 1.0).astype(np.uint8)
+    out[y0:y1, x0:x1] = (u * u + v * v) <= 1.0
+    return out
 
 
 def fit_mask(mask: ArrayLike, clean: bool = True) -> Ellipse:
@@ -223,3 +231,80 @@ def measure_ellipse(ellipse: Ellipse, pixel_spacing_mm: float) -> HeadMeasuremen
 def measure_head(mask: ArrayLike, pixel_spacing_mm: float) -> HeadMeasurement:
     """Measure a head segmentation (HxW, non-zero = head) of an image with the given mm per pixel."""
     return measure_ellipse(fit_mask(mask), pixel_spacing_mm)
+
+
+# -- a whole dataset --------------------------------------------------------------------------------------------
+def measure_dataset(dataset, segmenter=None, cache=None, progress: bool = False, head_label: int = 1) -> dict[str, Any]:
+    """Measure every image of ``dataset``: HC/BPD/OFD/GA per image and, with reference HCs, the HC18 metrics.
+
+    ``segmenter`` = (decoder, taps) from a segmentation probe, with ``cache`` the feature cache of its encoder:
+    images are segmented first. Without it the dataset's own masks are measured (for HC18, the ground-truth
+    ellipses). Dice and Hausdorff compare the *fitted ellipse* with the ground-truth mask, as the challenge does.
+    An image whose mask yields no ellipse is a failure row, counted, and left out of the means.
+    """
+    from tqdm.auto import tqdm
+
+    from ..metrics import dice, hausdorff_mm
+    from .segmentation import probabilities_to_original, sample_mask
+
+    predicted: dict[int, np.ndarray] = {}
+    if segmenter is not None:
+        import torch
+
+        from .segmentation import normalise_images, to_grid
+
+        decoder, taps = segmenter
+        features = cache.blocks(dataset, taps)
+        config = cache.model.preprocess.config
+        with torch.no_grad():
+            for start in range(0, len(dataset), 16):
+                index = np.arange(start, min(start + 16, len(dataset)))
+                logits = decoder(to_grid(torch.as_tensor(features.blocks[index])), normalise_images(features.images[index], config.mean, config.std))
+                for i, probs in zip(index, logits.softmax(dim=1)):
+                    predicted[int(i)] = probs
+    rows = []
+    for i in tqdm(range(len(dataset)), desc="biometry", disable=not progress):
+        sample = dataset[i]
+        height, width = sample["image"].shape[:2]
+        row: dict[str, Any] = {"source": sample["source"], "patient": sample.get("patient"), "ref_hc_mm": sample.get("hc_mm")}
+        try:
+            truth = sample_mask(sample)
+        except FetalCLIPError:
+            truth = None
+        if segmenter is not None:
+            mask = probabilities_to_original(predicted[i], height, width) == head_label
+        elif truth is not None:
+            mask = truth == head_label
+        else:
+            raise FetalCLIPError(f"{sample['source']}: no mask to measure and no --segmenter given")
+        try:
+            measurement = measure_head(mask, sample.get("pixel_spacing_mm"))
+        except FetalCLIPError as exc:
+            row["error"] = str(exc)
+            rows.append(row)
+            continue
+        row.update({k: v for k, v in measurement.to_dict().items() if k != "pixel_spacing_mm"})
+        if row["ref_hc_mm"] is not None:
+            row["hc_diff_mm"] = row["hc_mm"] - row["ref_hc_mm"]
+        if truth is not None and segmenter is not None:
+            fitted = rasterize_ellipse(measurement.ellipse, (height, width))
+            row["dice"] = dice(fitted, truth == head_label)
+            row["hausdorff_mm"] = hausdorff_mm(fitted, truth == head_label, measurement.pixel_spacing_mm)
+        rows.append(row)
+    good = [r for r in rows if "error" not in r]
+    diffs = np.array([r["hc_diff_mm"] for r in good if "hc_diff_mm" in r], dtype=np.float64)
+    result: dict[str, Any] = {
+        "task": "hc-biometry",
+        "source_of_masks": "segmenter" if segmenter is not None else "dataset",
+        "n": len(rows),
+        "n_failed": len(rows) - len(good),
+        "hc_mean_abs_diff_mm": float(np.abs(diffs).mean()) if diffs.size else None,
+        "hc_mean_diff_mm": float(diffs.mean()) if diffs.size else None,
+        "hc_sd_diff_mm": float(diffs.std(ddof=1)) if diffs.size > 1 else None,
+    }
+    dices = [r["dice"] for r in good if "dice" in r]
+    hds = [r["hausdorff_mm"] for r in good if "hausdorff_mm" in r and math.isfinite(r["hausdorff_mm"])]
+    result["dice"] = float(np.mean(dices)) if dices else None
+    result["hausdorff_mm"] = float(np.mean(hds)) if hds else None
+    result["rows"] = rows
+    return result
