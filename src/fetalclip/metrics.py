@@ -248,3 +248,27 @@ def hausdorff_mm(pred_mask: ArrayLike, true_mask: ArrayLike, spacing_mm: float |
     to_true = ndimage.distance_transform_edt(~edge_true, sampling=sampling)
     to_pred = ndimage.distance_transform_edt(~edge_pred, sampling=sampling)
     return float(max(to_true[edge_pred].max(), to_pred[edge_true].max()))
+
+
+def auroc_ci(y_true: ArrayLike, scores: ArrayLike, n: int = 10_000, seed: int = 42, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap CI of the AUROC, with ``bootstrap_ci``'s resamples, computed in closed form.
+
+    For resample counts ``w`` the AUROC is ``w_pos . C . w_neg / (sum w_pos * sum w_neg)`` with ``C`` the
+    positive-versus-negative comparison matrix (1 greater, 1/2 tie), so 10,000 resamples are two matrix
+    products rather than 10,000 calls of a sorting AUROC. Resamples holding one class only are left out.
+    """
+    y, s = np.asarray(y_true).astype(bool), np.asarray(scores, dtype=np.float64)
+    size = len(y)
+    if size == 0 or y.all() or not y.any():
+        return float("nan"), float("nan")
+    weights = np.stack([np.bincount(row, minlength=size) for row in bootstrap_indices(size, n, seed)]).astype(np.float64)
+    pos, neg = s[y], s[~y]
+    compare = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    w_pos, w_neg = weights[:, y], weights[:, ~y]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stats = np.einsum("bp,pn,bn->b", w_pos, compare, w_neg) / (w_pos.sum(1) * w_neg.sum(1))
+    stats = stats[np.isfinite(stats)]
+    if not stats.size:
+        return float("nan"), float("nan")
+    low, high = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)

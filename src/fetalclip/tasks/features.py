@@ -205,7 +205,7 @@ class FeatureCache:
         bad: set[int] = set()
         with tqdm(total=len(misses), unit="img", desc=f"encode {kind}", disable=not self.progress or not misses) as bar:
             for start in range(0, len(misses), self.batch_size):
-                batch = []
+                batch, duplicates = [], {}
                 for i in misses[start : start + self.batch_size]:
                     try:
                         sample = samples.pop(i, None) or dataset[i]
@@ -224,6 +224,10 @@ class FeatureCache:
                     if cached is not None:
                         entries[i] = cached
                         continue
+                    if hashes[i] in duplicates:  # same pixels earlier in this batch: encode once
+                        duplicates[hashes[i]].append(i)
+                        continue
+                    duplicates[hashes[i]] = []
                     image = sample["image"]
                     if augment is not None:
                         image = augment_image(image, augment[0], augment[1], hashes[i])
@@ -231,6 +235,8 @@ class FeatureCache:
                 if batch:
                     for (i, _), entry in zip(batch, self._encode([image for _, image in batch], taps)):
                         entries[i] = entry
+                        for j in duplicates.get(hashes[i], []):
+                            entries[j] = entry
                         self._write(self._entry_path(kind, variant, hashes[i]), entry)
                         if taps is not None:  # the embedding came for free: cache it as well
                             self._write(self._entry_path("embed", {}, hashes[i]), {"embedding": entry["embedding"]})

@@ -24,10 +24,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..data.datasets import SampleDataset
-from ..data.readers import RASTER_SUFFIXES, image_to_array, open_image, read_image
+from ..data.readers import RASTER_SUFFIXES, image_to_array, read_image
 from ..data.sample import make_sample
 from ..errors import FetalCLIPError, ImageReadError
-from ..metrics import auroc, bootstrap_ci
+from ..metrics import auroc, auroc_ci
 from .probe import train_linear_heads
 from .splits_fallback import patient_holdout, patient_partition
 
@@ -58,10 +58,20 @@ def list_clip_frames(source: str) -> list[tuple[str, int | None]]:
             raise ImageReadError(path, f"cannot read DICOM header ({exc})") from exc
         return [(str(path), i) for i in range(int(getattr(header, "NumberOfFrames", 1) or 1))]
     if path.suffix.lower() in RASTER_SUFFIXES or path.suffix.lower() == ".gif":
-        image = open_image(path)
-        frames = int(getattr(image, "n_frames", 1))
-        return [(str(path), i) for i in range(frames)]
+        return [(str(path), i) for i in range(_multi_frame_count(path))]
     raise ImageReadError(path, "unsupported clip (use a folder of frames, a multi-frame TIFF/GIF/PNG or a multi-frame DICOM)")
+
+
+def _multi_frame_count(path: Path) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    try:
+        with Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageReadError(path, f"cannot read clip ({exc})") from exc
 
 
 def read_clip_frame(record: dict[str, Any]) -> dict[str, Any]:
@@ -81,12 +91,17 @@ def read_clip_frame(record: dict[str, Any]) -> dict[str, Any]:
         # Multi-frame pixel data is (frames, H, W[, 3]); a single frame has no leading axis.
         array = pixels[frame] if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1 else pixels
         return make_sample(np.asarray(array), source, frame_index=frame, **fields)
-    image = open_image(source)
+    from PIL import Image
+
     try:
-        image.seek(frame)
+        with Image.open(source) as image:
+            image.seek(frame)
+            array = image_to_array(image.copy())
     except EOFError:
         raise ImageReadError(source, f"has no frame {frame}") from None
-    return make_sample(image_to_array(image.copy()), source, frame_index=frame, **fields)
+    except OSError as exc:
+        raise ImageReadError(source, f"cannot decode frame {frame} ({exc})") from exc
+    return make_sample(array, source, frame_index=frame, **fields)
 
 
 def clip_frame_dataset(
@@ -180,7 +195,7 @@ def run_clip_probe(
         truth, mean_scores = y_ext, ext_scores.mean(axis=(0, 1))
     else:
         truth, mean_scores = y, oof.mean(axis=0)
-    low, high = bootstrap_ci(auroc, truth, mean_scores, n=n_bootstrap, seed=42)
+    low, high = auroc_ci(truth, mean_scores, n=n_bootstrap, seed=42)
     return {
         "task": "clip-probe",
         "positive": positive,
