@@ -237,7 +237,7 @@ def measure_head(mask: ArrayLike, pixel_spacing_mm: float) -> HeadMeasurement:
 def measure_dataset(dataset, segmenter=None, cache=None, progress: bool = False, head_label: int = 1) -> dict[str, Any]:
     """Measure every image of ``dataset``: HC/BPD/OFD/GA per image and, with reference HCs, the HC18 metrics.
 
-    ``segmenter`` = (decoder, taps) from a segmentation probe, with ``cache`` the feature cache of its encoder:
+    ``segmenter`` = (decoder, taps, working size) from a segmentation probe, with ``cache`` the feature cache of its encoder:
     images are segmented first. Without it the dataset's own masks are measured (for HC18, the ground-truth
     ellipses). Dice and Hausdorff compare the *fitted ellipse* with the ground-truth mask, as the challenge does.
     An image whose mask yields no ellipse is a failure row, counted, and left out of the means.
@@ -253,13 +253,13 @@ def measure_dataset(dataset, segmenter=None, cache=None, progress: bool = False,
 
         from .segmentation import normalise_images, to_grid
 
-        decoder, taps = segmenter
+        decoder, taps, size = segmenter
         features = cache.blocks(dataset, taps)
         config = cache.model.preprocess.config
         with torch.no_grad():
             for start in range(0, len(dataset), 16):
                 index = np.arange(start, min(start + 16, len(dataset)))
-                logits = decoder(to_grid(torch.as_tensor(features.blocks[index])), normalise_images(features.images[index], config.mean, config.std))
+                logits = decoder(to_grid(torch.as_tensor(features.blocks[index])), normalise_images(features.images[index], config.mean, config.std, size))
                 for i, probs in zip(index, logits.softmax(dim=1)):
                     predicted[int(i)] = probs
     rows = []
