@@ -290,8 +290,11 @@ def evaluate_segmentation(
     data: SegmentationData,
     indices: Sequence[int],
     original_masks: Sequence[np.ndarray],
-) -> dict[str, Any]:
-    """Dice pooled over all pixels (per label), Dice per image and Hausdorff (mm) at original resolution."""
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Dice pooled over all pixels (per label), Dice per image and Hausdorff (mm) at original resolution.
+
+    Returns the metrics (with per-image rows) and the predicted label maps at original size.
+    """
     labels = list(range(1, data.n_classes))
     predictions, rows = [], []
     for (i, probs), truth in zip(predict_probabilities(decoder, data, indices), original_masks):
