@@ -26,6 +26,7 @@ from fetalclip.tasks.segmentation import (
     segmentation_data,
     soft_dice_loss,
     to_grid,
+    train_decoder,
 )
 
 SMALL = (32, 24, 16, 8, 8)
@@ -122,6 +123,10 @@ def test_decoder_learns_synthetic_heads_and_saves(tmp_path, tiny_model, one_thre
     assert meta["encoder"]["fingerprint"] == cache.fingerprint
     for key, value in best.decoder.state_dict().items():
         torch.testing.assert_close(decoder.state_dict()[key], value)
+    # A fixed seed gives the same decoder.
+    one, two = (train_decoder(data, list(range(8)), [8, 9], epochs=1, batch_size=4, seed=5, channels=SMALL) for _ in range(2))
+    for key, value in one.decoder.state_dict().items():
+        torch.testing.assert_close(two.decoder.state_dict()[key], value, rtol=0, atol=0)
     # A second pass over the same data encodes nothing.
     again = FeatureCache(tiny_model, tmp_path / "cache")
     segmentation_data(again, dataset, size=64)
