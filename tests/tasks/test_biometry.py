@@ -70,6 +70,15 @@ def test_mask_boundary_points_are_unbiased():
     assert len(mask_boundary_points(mask)) > 0
 
 
+def test_a_head_cut_by_the_image_border_is_fitted_by_its_visible_edge():
+    truth = Ellipse(cx=150.0, cy=40.0, a=90.0, b=60.0, angle=0.2)  # extends above the image
+    mask = rasterize_ellipse(truth, (200, 300))
+    assert mask[0].any()
+    fitted = fit_mask(mask)
+    assert fitted.circumference() == pytest.approx(truth.circumference(), rel=5e-3)
+    assert len(mask_boundary_points(mask, include_image_border=True)) > len(mask_boundary_points(mask))
+
+
 def test_fit_mask_uses_the_largest_component_and_fails_on_empty():
     truth = Ellipse(cx=100, cy=100, a=60, b=40, angle=0.0)
     mask = rasterize_ellipse(truth, (220, 260))

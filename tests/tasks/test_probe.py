@@ -200,3 +200,18 @@ def test_probe_cli_errors_are_clean(tmp_path, capsys):
         main(["probe", "classify", "--data", f"folder:{tmp_path / 'absent'}", "--cache", "none"])
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+def test_hc18_splits_keep_every_subject_on_one_side(hc18_dir):
+    """HC18 has several images per subject (NNN_HC, NNN_2HC, ...): folds and test must split subjects."""
+    from fetalclip.data.datasets import open_dataset
+
+    dataset = open_dataset(f"hc18:{hc18_dir}")
+    patients = dataset.column("patient")
+    assert len(set(patients)) < len(patients)  # the shared subset does hold repeat subjects
+    splits = make_splits(patients, folds=5, seed=0)
+    assert_patient_disjoint(patients, splits)
+    names = [r["source"].rsplit("/", 1)[-1].split("_")[0] for r in dataset.records]
+    test_subjects = {names[i] for i in splits.test}
+    assert not test_subjects & {names[i] for i in splits.folds[0][0] + splits.folds[0][1]}

@@ -118,17 +118,25 @@ def outline_points(outline: ArrayLike) -> np.ndarray:
     return np.column_stack([xs, ys]).astype(np.float64)
 
 
-def mask_boundary_points(mask: ArrayLike) -> np.ndarray:
+def mask_boundary_points(mask: ArrayLike, include_image_border: bool = False) -> np.ndarray:
     """Midpoints between 4-adjacent inside/outside pixel pairs: unbiased sub-pixel edge points (x, y).
 
-    The image border counts as outside, so a mask touching the border still yields a closed set of points.
+    Where the mask runs into the image border, the border is where the picture ends, not where the head
+    does: those points are left out (unless ``include_image_border``), so a head cut by the field of view is
+    still fitted by its visible skull.
     """
-    inside = np.pad(np.asarray(mask).astype(bool), 1)
+    mask = np.asarray(mask).astype(bool)
+    inside = np.pad(mask, 1)
     ys, xs = np.nonzero(inside[:, 1:] != inside[:, :-1])
     horizontal = np.column_stack([xs + 0.5 - 1, ys - 1.0])
     ys, xs = np.nonzero(inside[1:, :] != inside[:-1, :])
     vertical = np.column_stack([xs - 1.0, ys + 0.5 - 1])
-    return np.concatenate([horizontal, vertical]).astype(np.float64)
+    points = np.concatenate([horizontal, vertical]).astype(np.float64)
+    if not include_image_border:
+        height, width = mask.shape
+        on_border = (points[:, 0] < 0) | (points[:, 0] > width - 1) | (points[:, 1] < 0) | (points[:, 1] > height - 1)
+        points = points[~on_border]
+    return points
 
 
 def largest_component(mask: ArrayLike) -> np.ndarray:
