@@ -17,7 +17,17 @@ import typer
 
 from .errors import FetalCLIPError
 
-COMMAND_MODULES = ("models", "embed", "demo", "probe", "biometry")
+COMMAND_MODULES = (
+    "models",
+    "embed",
+    "data",
+    "sim",
+    "demo",
+    "benchmark",
+    "explain",
+    "probe",
+    "biometry",
+)
 
 app = typer.Typer(
     name="fetalclip",

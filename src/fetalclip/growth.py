@@ -47,3 +47,29 @@ def ga_from_hc(hc_mm: ArrayLike, quantile: float = 0.5) -> np.ndarray:
     """Gestational age (days) at which the WHO ``quantile`` curve reaches ``hc_mm``; clipped to 8-45 weeks."""
     curve = who_hc_weeks(_GRID_WEEKS, quantile)
     return np.interp(np.asarray(hc_mm, dtype=np.float64), curve, _GRID_WEEKS) * 7.0
+
+
+# -- Hadlock abdominal circumference and femur length --------------------------------------------------------
+# Hadlock FP, Deter RL, Harrist RB, Park SK. Estimating fetal age: computer-assisted analysis of multiple fetal
+# growth parameters. Radiology 1984;152:497-501, Table III footnotes (means in cm, MA = menstrual age in weeks):
+#   AC = -13.3 + 1.61 MA - 0.00998 MA^2 (1 SD = 1.34 cm);  FL = -3.91 + 0.427 MA - 0.0034 MA^2.
+# The WHO charts above have no abdominal or femur curves that the synthetic phantom could share with the head,
+# so these fill that gap; they are means only (no quantiles) and were fitted on 14-42 weeks.
+HADLOCK_AC_CM: tuple[float, float, float] = (-13.3, 1.61, -0.00998)
+HADLOCK_FL_CM: tuple[float, float, float] = (-3.91, 0.427, -0.0034)
+
+
+def _hadlock_mm(ga_days: ArrayLike, coefficients: tuple[float, float, float]) -> np.ndarray:
+    c0, c1, c2 = coefficients
+    t = np.asarray(ga_days, dtype=np.float64) / 7.0
+    return 10.0 * (c0 + c1 * t + c2 * t**2)
+
+
+def hadlock_ac(ga_days: ArrayLike) -> np.ndarray:
+    """Mean abdominal circumference (mm) at gestational age ``ga_days`` (Hadlock 1984)."""
+    return _hadlock_mm(ga_days, HADLOCK_AC_CM)
+
+
+def hadlock_fl(ga_days: ArrayLike) -> np.ndarray:
+    """Mean femur length (mm) at gestational age ``ga_days`` (Hadlock 1984)."""
+    return _hadlock_mm(ga_days, HADLOCK_FL_CM)

@@ -2,9 +2,11 @@
 
 A dataset is a list of *records* (every sample field except the pixels) plus a loader that reads one record
 into a full sample dictionary (see ``sample.py``). Splits, label counts and manifests work on records alone,
-so listing 12,000 images costs a CSV read, not 12,000 decodes. Adapters register under a scheme name;
-``sim`` is registered by ``fetalclip.sim`` and imported only when asked for, keeping the data layer free of
-the phantom's dependencies.
+so listing 12,000 images costs a CSV read (and, where a spacing is known, an image header read for the
+224-input spacing), not 12,000 decodes. A record may point at a multi-frame source (DICOM, video, a folder
+of frames): indexing reads its ``frame_index`` (first frame when ``None``), ``iter_record_samples`` expands
+it into frames. Adapters register under a scheme name; ``sim`` is registered by ``fetalclip.sim`` and
+imported only when asked for, keeping the data layer free of the phantom's dependencies.
 """
 
 from __future__ import annotations
@@ -16,18 +18,58 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from PIL import Image
+
 from ..errors import FetalCLIPError
+from .frames import FrameSelection
 from .labels import canonical_label
-from .readers import RASTER_SUFFIXES, read_image
+from .masks import fill_outline, read_mask
+from .readers import RASTER_SUFFIXES, read_frame, read_image, read_samples, source_kind
+from .sample import spacing_224
 
 Record = dict[str, Any]
 Loader = Callable[[Record], dict[str, Any]]
 
 
+def _record_fields(record: Record) -> dict[str, Any]:
+    return {key: copy.deepcopy(value) for key, value in record.items() if key not in ("source", "image", "mask")}
+
+
 def load_record_image(record: Record) -> dict[str, Any]:
-    """Default loader: read the record's file and attach the record's fields."""
-    fields = {key: copy.deepcopy(value) for key, value in record.items() if key not in ("source", "image")}
-    return read_image(record["source"], **fields)
+    """Default loader: read the record's file (its ``frame_index`` for multi-frame sources) with its fields;
+    a ``metadata['mask_path']`` becomes the sample's ``mask``."""
+    fields = _record_fields(record)
+    source = record["source"]
+    if Path(source).suffix.lower() in RASTER_SUFFIXES and Path(source).is_file():
+        fields.pop("frame_index", None)
+        sample = read_image(source, **fields)
+    else:
+        frame_index = fields.pop("frame_index", None)
+        sample = read_frame(source, frame_index, **fields)
+    mask_path = sample["metadata"].get("mask_path")
+    if mask_path:
+        sample["mask"] = read_mask(mask_path, sample["image"].shape[:2])
+    return sample
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) from a raster image's header, without decoding pixels; ``None`` if unreadable."""
+    if Path(path).suffix.lower() not in RASTER_SUFFIXES:
+        return None
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _with_spacing_224(record: Record) -> Record:
+    """Attach ``pixel_spacing_224_mm`` to a record whose spacing is known (one header read)."""
+    if record.get("pixel_spacing_mm") is not None:
+        size = image_size(record["source"])
+        if size is not None:
+            record["pixel_spacing_224_mm"] = spacing_224(record["pixel_spacing_mm"], *size)
+    return record
 
 
 @dataclass
@@ -54,6 +96,18 @@ class SampleDataset:
 
     def column(self, key: str) -> list[Any]:
         return [record.get(key) for record in self.records]
+
+    def iter_record_samples(self, index: int, frames: "FrameSelection | str | None" = None) -> Iterator[dict[str, Any]]:
+        """Every selected frame of record ``index``: one sample for an image (through this dataset's loader,
+        so adapter extras like masks come along), one per frame for a DICOM, video or frame folder whose
+        record names no single frame."""
+        record = self.records[index]
+        if record.get("frame_index") is not None or source_kind(record["source"]) == "raster":
+            yield self.loader(record)
+            return
+        fields = _record_fields(record)
+        fields.pop("frame_index", None)
+        yield from read_samples(record["source"], frames, **fields)
 
 
 _ADAPTERS: dict[str, Callable[[str], SampleDataset]] = {}
@@ -106,6 +160,16 @@ def hc18_subject(filename: str) -> str:
     return Path(filename).name.split("_", 1)[0]
 
 
+def load_hc18_record(record: Record) -> dict[str, Any]:
+    """HC18 image plus ``mask`` (uint8, 1 = head) filled from its ellipse-outline annotation."""
+    sample = load_record_image(record)
+    annotation = record["metadata"].get("annotation")
+    if annotation:
+        outline = read_mask(annotation, sample["image"].shape[:2])
+        sample["mask"] = fill_outline(outline)
+    return sample
+
+
 def open_hc18(path: str) -> SampleDataset:
     root = _existing_dir(path, f"hc18:{path}")
     table = root / HC18_CSV
@@ -121,17 +185,19 @@ def open_hc18(path: str) -> SampleDataset:
                 missing.append((str(image), "image file absent"))
                 continue
             records.append(
-                {
-                    "source": str(image),
-                    "frame_index": None,
-                    "pixel_spacing_mm": _float_or_none(row["pixel size(mm)"]),
-                    "label": "brain",
-                    "patient": hc18_subject(name),
-                    "hc_mm": _float_or_none(row["head circumference (mm)"]),
-                    "metadata": {"dataset": "hc18", "annotation": str(annotation) if annotation.is_file() else None},
-                }
+                _with_spacing_224(
+                    {
+                        "source": str(image),
+                        "frame_index": None,
+                        "pixel_spacing_mm": _float_or_none(row["pixel size(mm)"]),
+                        "label": "brain",
+                        "patient": hc18_subject(name),
+                        "hc_mm": _float_or_none(row["head circumference (mm)"]),
+                        "metadata": {"dataset": "hc18", "annotation": str(annotation) if annotation.is_file() else None},
+                    }
+                )
             )
-    return SampleDataset(f"hc18:{path}", records, missing=missing)
+    return SampleDataset(f"hc18:{path}", records, loader=load_hc18_record, missing=missing)
 
 
 # -- FETAL_PLANES_DB -------------------------------------------------------------------------------------------
@@ -210,6 +276,13 @@ def open_csv(path: str) -> SampleDataset:
             record.update({key: value for key, value in floats.items() if value is not None})
             if row.get("brain_plane"):
                 record["brain_plane"] = canonical_label(row["brain_plane"], "brain_plane", strict=False)
+            if row.get("view"):
+                record["view"] = row["view"]
+            if row.get("frame_index"):
+                try:
+                    record["frame_index"] = int(row["frame_index"])
+                except ValueError as exc:
+                    raise FetalCLIPError(f"{table}: line {line}: frame_index {row['frame_index']!r} is not an integer") from exc
             if row.get("caption"):
                 record["caption"] = row["caption"]
             if row.get("split"):
@@ -217,7 +290,7 @@ def open_csv(path: str) -> SampleDataset:
             if row.get("mask"):
                 mask = Path(row["mask"])
                 record["metadata"]["mask_path"] = str(mask if mask.is_absolute() else base / mask)
-            records.append(record)
+            records.append(_with_spacing_224(record))
     return SampleDataset(f"csv:{path}", records, missing=missing)
 
 
@@ -261,6 +334,8 @@ __all__ = [
     "dataset_root",
     "hc18_subject",
     "known_schemes",
+    "image_size",
+    "load_hc18_record",
     "load_record_image",
     "open_dataset",
     "parse_spec",

@@ -1,0 +1,171 @@
+"""Deterministic patient-level splits: a test part plus k cross-validation folds, saved as JSON.
+
+Images of one patient (or HC18 subject) are near-duplicates, so a split by image leaks; every part here is a
+set of *patients*. Records without a patient id fall back to their source file, so the frames of one cine
+loop stay together. The split stores patient ids, not record indices, so it survives re-ordering or growth
+of the dataset and can be shared as a small JSON file. Assignment is greedy on a seeded shuffle: each
+patient goes to the part furthest below its target image count, which keeps parts balanced in images even
+when patients contribute very different numbers of them. A dataset's own official split (FETAL_PLANES_DB's
+``Train`` column) can define the test part instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import FetalCLIPError
+from ..io import write_json_atomic
+
+FORMAT_VERSION = 1
+
+
+def group_id(record: dict[str, Any]) -> str:
+    """The id that must not straddle parts: the patient, else the source file."""
+    patient = record.get("patient")
+    return str(patient) if patient not in (None, "") else str(record["source"])
+
+
+@dataclass
+class Splits:
+    """Patient ids per part: ``test`` and ``folds`` (k lists); fold i validates, the other folds train."""
+
+    test: list[str]
+    folds: list[list[str]]
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return len(self.folds)
+
+    def part_of(self) -> dict[str, str]:
+        """patient -> ``test`` or ``fold{i}``."""
+        parts = {patient: "test" for patient in self.test}
+        for index, fold in enumerate(self.folds):
+            parts.update({patient: f"fold{index}" for patient in fold})
+        return parts
+
+    def indices(self, records: Sequence[dict[str, Any]], fold: int | None = None) -> dict[str, list[int]]:
+        """Record indices of ``test``, and for ``fold`` i also ``train`` (other folds) and ``val`` (fold i);
+        with ``fold=None``, ``train`` is every fold. Records of unknown patients are an error."""
+        if fold is not None and not 0 <= fold < self.k:
+            raise FetalCLIPError(f"fold {fold} requested but the split has {self.k} folds")
+        parts = self.part_of()
+        out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+        unknown = []
+        for index, record in enumerate(records):
+            part = parts.get(group_id(record))
+            if part is None:
+                unknown.append(group_id(record))
+            elif part == "test":
+                out["test"].append(index)
+            elif fold is not None and part == f"fold{fold}":
+                out["val"].append(index)
+            else:
+                out["train"].append(index)
+        if unknown:
+            raise FetalCLIPError(
+                f"{len(unknown)} record(s) belong to patients the split does not know (e.g. {unknown[0]!r}); "
+                "was it made for another dataset?"
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": FORMAT_VERSION, "seed": self.seed, "k": self.k, "settings": self.settings,
+                "test": self.test, "folds": self.folds}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Splits":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FetalCLIPError(f"{path}: cannot read split file ({exc})") from exc
+        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION or "folds" not in data or "test" not in data:
+            raise FetalCLIPError(f"{path}: not a fetalclip split file (version {FORMAT_VERSION})")
+        splits = cls([str(p) for p in data["test"]], [[str(p) for p in fold] for fold in data["folds"]],
+                     int(data.get("seed", 0)), dict(data.get("settings") or {}))
+        splits.check()
+        return splits
+
+    def check(self) -> None:
+        """Every patient in exactly one part."""
+        seen: dict[str, str] = {}
+        for name, members in [("test", self.test)] + [(f"fold{i}", f) for i, f in enumerate(self.folds)]:
+            for patient in members:
+                if patient in seen:
+                    raise FetalCLIPError(f"patient {patient!r} is in both {seen[patient]} and {name}")
+                seen[patient] = name
+
+
+def _greedy(groups: list[str], sizes: dict[str, int], targets: list[float]) -> list[list[str]]:
+    """Assign groups (in the given order) to the part furthest below its target share."""
+    parts: list[list[str]] = [[] for _ in targets]
+    filled = [0.0] * len(targets)
+    for group in groups:
+        deficits = [targets[i] - filled[i] for i in range(len(targets))]
+        best = int(np.argmax(deficits))
+        parts[best].append(group)
+        filled[best] += sizes[group]
+    return parts
+
+
+def make_splits(
+    records: Sequence[dict[str, Any]],
+    k: int = 5,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    use_split_column: bool = False,
+) -> Splits:
+    """Patient-level test part (``test_fraction`` of the images) and ``k`` folds of the rest, by ``seed``.
+
+    ``use_split_column``: the test part is the patients whose records say ``split == "test"`` (an official
+    split, e.g. FETAL_PLANES_DB's), and ``test_fraction`` is ignored; a patient on both sides is an error.
+    """
+    if k < 1:
+        raise FetalCLIPError(f"k must be >= 1 (got {k})")
+    if not 0 <= test_fraction < 1:
+        raise FetalCLIPError(f"test_fraction must be in [0, 1) (got {test_fraction})")
+    if not records:
+        raise FetalCLIPError("cannot split an empty dataset")
+    sizes: dict[str, int] = {}
+    for record in records:
+        sizes[group_id(record)] = sizes.get(group_id(record), 0) + 1
+    order = sorted(sizes)  # a fixed order before shuffling makes the result independent of record order
+    rng = np.random.default_rng(seed)
+    order = [order[i] for i in rng.permutation(len(order))]
+    settings: dict[str, Any] = {"test_fraction": test_fraction, "use_split_column": use_split_column,
+                                "patients": len(order), "records": len(records)}
+
+    if use_split_column:
+        official: dict[str, set[str]] = {}
+        for record in records:
+            official.setdefault(group_id(record), set()).add(str(record.get("split") or ""))
+        both = [g for g, s in official.items() if "test" in s and len(s) > 1]
+        if both:
+            raise FetalCLIPError(f"patient {both[0]!r} has records in the official test split and outside it")
+        missing = [g for g, s in official.items() if s == {""}]
+        if len(missing) == len(official):
+            raise FetalCLIPError("use_split_column: no record has a 'split' value")
+        test = [g for g in order if "test" in official[g]]
+        rest = [g for g in order if "test" not in official[g]]
+    else:
+        total = float(sum(sizes.values()))
+        # Two-part greedy on the shuffled order: test gets its share, the rest goes to the folds.
+        test, rest = _greedy(order, sizes, [test_fraction * total, (1 - test_fraction) * total]) if test_fraction > 0 else ([], order)
+    rest_total = float(sum(sizes[g] for g in rest))
+    if len(rest) < k:
+        raise FetalCLIPError(f"{len(rest)} patient(s) outside the test part cannot fill {k} folds")
+    folds = _greedy(rest, sizes, [rest_total / k] * k)
+    splits = Splits(sorted(test), [sorted(fold) for fold in folds], seed, settings)
+    splits.check()
+    return splits
