@@ -11,7 +11,7 @@ import pytest
 from fetalclip.errors import FetalCLIPError
 from fetalclip.metrics import bootstrap_ci, macro_f1, mean_macro_f1_ci
 from fetalclip.tasks.probe import ProbeData, run_classification, run_fewshot, train_linear_heads
-from fetalclip.tasks.splits_fallback import Splits, assert_patient_disjoint, make_splits
+from fetalclip.tasks.probe_splits import Splits, assert_patient_disjoint, make_splits
 
 
 def synthetic_probe(n_patients=40, per_patient=3, classes=("a", "b", "c"), dim=16, noise=0.6, seed=0):

@@ -27,7 +27,7 @@ def frame(position: int, row: int) -> np.ndarray:
     return image
 
 
-def make_clips(root, n_clips=24):
+def make_clips(root, n_clips=48):
     rows = []
     for c in range(n_clips):
         label = c % 2
@@ -59,8 +59,11 @@ def test_multi_frame_tiff_and_unsupported_sources(tmp_path):
     frames[0].save(tmp_path / "clip.tif", save_all=True, append_images=frames[1:])
     assert list_clip_frames(str(tmp_path / "clip.tif")) == [(str(tmp_path / "clip.tif"), i) for i in range(3)]
     (tmp_path / "clip.mp4").write_bytes(b"\x00")
-    with pytest.raises(FetalCLIPError, match="unsupported clip"):
+    with pytest.raises(FetalCLIPError):
         list_clip_frames(str(tmp_path / "clip.mp4"))
+    (tmp_path / "clip.xyz").write_bytes(b"\x00")
+    with pytest.raises(FetalCLIPError, match="unsupported clip"):
+        list_clip_frames(str(tmp_path / "clip.xyz"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FetalCLIPError, match="no frame images"):
         list_clip_frames(str(tmp_path / "empty"))
@@ -78,8 +81,8 @@ def test_clip_probe_learns_temporal_order_and_reuses_the_cache(tmp_path, tiny_mo
     clips = open_dataset(f"csv:{manifest}")
     cache = FeatureCache(tiny_model, tmp_path / "cache")
     x = clip_features(cache, clips, FRAMES)
-    assert x.shape == (24, FRAMES * tiny_model.embed_dim)
-    assert cache.encoded <= 32  # identical frames (21 distinct) are encoded once per batch of 32 at most
+    assert x.shape == (48, FRAMES * tiny_model.embed_dim)
+    assert cache.encoded <= 21 + 32  # identical frames (21 distinct) are encoded at most once per batch of 32
     labels = [r["label"] for r in clips.records]
     patients = [r["patient"] for r in clips.records]
     result = run_clip_probe(x, labels, patients, folds=3, runs=2, lr=1e-2, epochs=40, standardize=True,
@@ -87,7 +90,7 @@ def test_clip_probe_learns_temporal_order_and_reuses_the_cache(tmp_path, tiny_mo
     assert result["auroc_pooled"] > 0.9 and result["auroc_mean"] > 0.85
     assert len(result["heads"]) == 6 and result["auroc_pooled_ci"][0] <= result["auroc_pooled"]
     # The mean over frames is identical for both classes: a probe on it cannot beat chance by much.
-    pooled = x.reshape(24, FRAMES, -1).mean(axis=1)
+    pooled = x.reshape(48, FRAMES, -1).mean(axis=1)
     np.testing.assert_allclose(pooled[0::2][:3], pooled[1::2][:3], atol=1e-4)
     again = FeatureCache(tiny_model, tmp_path / "cache")
     clip_features(again, clips, FRAMES)
@@ -116,3 +119,20 @@ def test_auroc_ci_equals_the_reference_bootstrap():
     y = rng.integers(0, 2, 40)
     scores = np.round(y * 0.6 + rng.random(40), 1)  # rounded: ties occur
     assert auroc_ci(y, scores, n=300) == pytest.approx(bootstrap_ci(auroc, y, scores, n=300, seed=42), abs=1e-12)
+
+
+def test_dicom_and_video_clips_go_through_the_data_layer(tmp_path, ramp_frames, dicom_writer, video_writer):
+    from fetalclip.data.datasets import SampleDataset
+    from fetalclip.tasks.probe_clips import clip_frame_dataset
+
+    dicom = dicom_writer(tmp_path / "loop.dcm", ramp_frames)
+    assert list_clip_frames(str(dicom)) == [(str(dicom), i) for i in range(5)]
+    clips = SampleDataset("clips", [{"source": str(dicom), "frame_index": None, "label": "chd", "patient": "p"}])
+    frames = clip_frame_dataset(clips, 3)
+    assert [r["frame_index"] for r in frames.records] == [0, 2, 4]
+    np.testing.assert_array_equal(frames[1]["image"], ramp_frames[2])
+    try:
+        video = video_writer(tmp_path / "loop.mp4", list(ramp_frames))
+    except Exception:  # PyAV absent or without the encoder: the DICOM path above still ran
+        return
+    assert len(list_clip_frames(str(video))) == 5

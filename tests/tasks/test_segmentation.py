@@ -116,8 +116,8 @@ def test_decoder_learns_synthetic_heads_and_saves(tmp_path, tiny_model, one_thre
                                             channels=SMALL, test_fraction=0.25)
     assert result["n_test"] >= 2 and result["dice_pooled"]["mean"] > 0.8
     assert result["hausdorff_mm_mean"]["mean"] is not None
-    test_patients, train_patients = set(splits["test_patients"]), set(splits["folds"][0]["train_patients"])
-    assert not test_patients & train_patients
+    test_patients = set(splits["test"])
+    assert test_patients and not test_patients & {p for fold in splits["folds"] for p in fold}
     save_decoder(tmp_path / "run", best.decoder, {"model": "fetalclip-tiny", "fingerprint": cache.fingerprint, "taps": [1, 2, 4, 5]})
     decoder, meta = load_decoder(tmp_path / "run")
     assert meta["encoder"]["fingerprint"] == cache.fingerprint
@@ -171,7 +171,7 @@ def test_segment_and_biometry_cli_end_to_end(tmp_path, capsys):
               "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "bio.json")])
     assert exit_info.value.code == 0
     result = json.loads((tmp_path / "bio.json").read_text())
-    test_patients = set(json.loads((run / "splits.json").read_text())["test_patients"])
+    test_patients = set(json.loads((run / "splits.json").read_text())["test"])
     assert {row["patient"] for row in result["rows"]} <= test_patients
     assert {"hc_mean_abs_diff_mm", "hc_mean_diff_mm", "dice", "hausdorff_mm", "rows"} <= set(result)
     assert "head biometry" in capsys.readouterr().out

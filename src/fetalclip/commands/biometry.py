@@ -20,7 +20,6 @@ def hc_command(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (1 is fastest on a busy machine)."),
 ) -> None:
     """Measure every image: ellipse fit, HC (Ramanujan), BPD, OFD in mm, GA (WHO median, Hadlock)."""
-    import json
 
     from ..data.datasets import open_dataset
     from ..errors import FetalCLIPError
@@ -53,7 +52,9 @@ def hc_command(
             splits_path = segmenter / "splits.json"
             if not splits_path.is_file():
                 raise FetalCLIPError(f"{splits_path}: missing (needed by --held-out)")
-            test_patients = set(json.loads(splits_path.read_text()).get("test_patients", []))
+            from ..data.splits import Splits
+
+            test_patients = set(Splits.load(splits_path).test)
             keep = [i for i, r in enumerate(dataset.records) if str(r.get("patient")) in test_patients]
             if not keep:
                 raise FetalCLIPError(f"{data}: none of the segmenter's test patients are in this dataset")

@@ -302,7 +302,7 @@ def segment_command(
         save_decoder(save, best.decoder, {"model": reference, "name": net.name, "fingerprint": feature_cache.fingerprint,
                                           "taps": used_taps, "preprocess": net.preprocess.config.to_dict()},
                      extra={"data": data, "size": seg_data.size, "best_epoch": best.best_epoch, "val_loss": best.val_loss})
-        write_json_atomic(save / "splits.json", split_info)
+        write_json_atomic(save / "splits.json", {k: v for k, v in split_info.items() if k != "source"})
         typer.echo(f"decoder -> {save}")
     _write(out, result)
 

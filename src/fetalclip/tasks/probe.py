@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import FetalCLIPError
 from ..metrics import classification_report, macro_f1, mean_macro_f1_ci
-from .splits_fallback import make_splits
+from .probe_splits import make_splits
 
 DEFAULT_GRID = ((3e-4, 0.01),)
 
@@ -247,7 +247,7 @@ def run_classification(
         "best_epochs": per_grid_epochs[chosen],
         "per_class": per_class,
         "grid": grid_rows,
-        "splits": splits.to_dict(data.patients) if test is None else {"source": "external"},
+        "splits": splits.to_dict(),
         "notes": splits.notes,
     }
 

@@ -10,9 +10,9 @@ is trained on the other folds (an inner patient hold-out picks its best epoch), 
 fold x run (mean, SD) together with a percentile bootstrap CI over clips of the out-of-fold scores averaged
 over runs. With an external ``test`` set, each fold's head scores that set instead.
 
-Frame sources: a folder of frame images (sorted by name) or a multi-frame image file (TIFF/GIF/animated PNG),
-and multi-frame DICOM through pydicom. FALLBACK: these readers are private here until the data layer's
-video/DICOM frame sampler lands; ``clip_frame_dataset`` takes a ``frame_lister`` so it can be swapped in.
+Frame sources are whatever the data layer reads: a folder of frame images, a video, a multi-frame DICOM, or
+a multi-frame TIFF/GIF. Frames are chosen here, not by the data layer's ``even:N`` selection, because a
+clip shorter than N must still give N frames (repeats) for the concatenated vector to keep its length.
 """
 
 from __future__ import annotations
@@ -24,15 +24,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..data.datasets import SampleDataset
-from ..data.readers import RASTER_SUFFIXES, image_to_array, read_image
-from ..data.sample import make_sample
+from ..data.readers import RASTER_SUFFIXES, frame_files, read_frame, source_kind
 from ..errors import FetalCLIPError, ImageReadError
 from ..metrics import auroc, auroc_ci
 from .probe import train_linear_heads
-from .splits_fallback import patient_holdout, patient_partition
-
-DICOM_SUFFIXES = (".dcm", ".dicom")
-
+from .probe_splits import cross_validation_parts, patient_holdout
 
 def even_indices(total: int, count: int) -> list[int]:
     """``count`` frame indices spread evenly over ``total`` frames (repeats when the clip is shorter)."""
@@ -42,31 +38,39 @@ def even_indices(total: int, count: int) -> list[int]:
 
 
 def list_clip_frames(source: str) -> list[tuple[str, int | None]]:
-    """Every frame of a clip as (file, frame index within that file or ``None``), in temporal order."""
+    """Every frame of a clip as (source, frame index or ``None``), in temporal order.
+
+    Frame folders list their files (natural order, as the data layer sorts them), so each frame is its own
+    file and the feature cache can index it without decoding; videos and multi-frame DICOM/TIFF give one
+    (file, index) per frame.
+    """
     path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+    kind = source_kind(path) if path.exists() else "missing"
+    if kind == "missing":
+        raise ImageReadError(path, "no such clip")
+    if kind == "frames":
+        files = frame_files(path)
         if not files:
             raise ImageReadError(path, "clip folder holds no frame images")
         return [(str(p), None) for p in files]
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        import pydicom
+    if kind == "video":
+        from ..data.video import video_frame_count
 
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:  # pydicom raises many types for broken files
-            raise ImageReadError(path, f"cannot read DICOM header ({exc})") from exc
-        return [(str(path), i) for i in range(int(getattr(header, "NumberOfFrames", 1) or 1))]
-    if path.suffix.lower() in RASTER_SUFFIXES or path.suffix.lower() == ".gif":
-        return [(str(path), i) for i in range(_multi_frame_count(path))]
-    raise ImageReadError(path, "unsupported clip (use a folder of frames, a multi-frame TIFF/GIF/PNG or a multi-frame DICOM)")
+        count = video_frame_count(path)
+    elif kind == "dicom":
+        from ..data.dicom import dicom_frame_count
+
+        count = dicom_frame_count(path)
+    elif path.suffix.lower() in RASTER_SUFFIXES + (".gif",):
+        count = _multi_frame_count(path)
+    else:
+        raise ImageReadError(path, "unsupported clip (use a folder of frames, a video, a multi-frame DICOM or TIFF)")
+    return [(str(path), i) for i in range(count)]
 
 
 def _multi_frame_count(path: Path) -> int:
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        raise ImageReadError(path, "no such file")
     try:
         with Image.open(path) as image:
             return int(getattr(image, "n_frames", 1))
@@ -75,33 +79,9 @@ def _multi_frame_count(path: Path) -> int:
 
 
 def read_clip_frame(record: dict[str, Any]) -> dict[str, Any]:
-    """Loader for one frame record of ``clip_frame_dataset``."""
+    """Loader for one frame record of ``clip_frame_dataset`` (through the data layer's readers)."""
     fields = {k: copy.deepcopy(v) for k, v in record.items() if k not in ("source", "frame_index")}
-    source, frame = record["source"], record.get("frame_index")
-    if frame is None:
-        return read_image(source, frame_index=None, **fields)
-    if Path(source).suffix.lower() in DICOM_SUFFIXES:
-        import pydicom
-
-        try:
-            dataset = pydicom.dcmread(source)
-            pixels = dataset.pixel_array
-        except Exception as exc:
-            raise ImageReadError(source, f"cannot decode DICOM pixels ({exc})") from exc
-        # Multi-frame pixel data is (frames, H, W[, 3]); a single frame has no leading axis.
-        array = pixels[frame] if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1 else pixels
-        return make_sample(np.asarray(array), source, frame_index=frame, **fields)
-    from PIL import Image
-
-    try:
-        with Image.open(source) as image:
-            image.seek(frame)
-            array = image_to_array(image.copy())
-    except EOFError:
-        raise ImageReadError(source, f"has no frame {frame}") from None
-    except OSError as exc:
-        raise ImageReadError(source, f"cannot decode frame {frame} ({exc})") from exc
-    return make_sample(array, source, frame_index=frame, **fields)
+    return read_frame(record["source"], record.get("frame_index"), **fields)
 
 
 def clip_frame_dataset(
@@ -159,16 +139,15 @@ def run_clip_probe(
     """AUROC of a linear layer on concatenated frame embeddings, over patient-level folds x runs."""
     y, positive, negative = binary_targets(labels, positive)
     patients = [str(p) for p in patients]
-    all_indices = list(range(len(y)))
     if test is not None:
         unknown = sorted({str(label) for label in test[1]} - {positive, negative})
         if unknown:
             raise FetalCLIPError(f"external test labels {unknown} are not {positive!r}/{negative!r}")
         y_ext = np.array([int(str(label) == positive) for label in test[1]])
-        parts = patient_partition(patients, all_indices, folds, seed)
+        parts = cross_validation_parts(patients, folds, seed)
         ext_scores = np.zeros((runs, folds, len(y_ext)))
     else:
-        parts = patient_partition(patients, all_indices, folds, seed)
+        parts = cross_validation_parts(patients, folds, seed)
     oof = np.full((runs, len(y)), np.nan)
     per_head = []
     for r in range(runs):
@@ -178,7 +157,7 @@ def run_clip_probe(
             if test is not None:  # every clip trains or validates; fold k validates
                 train, val = rest, held
             else:
-                train, val = patient_holdout(patients, rest, 0.2, seed * 7 + k * 13 + r)
+                train, val = patient_holdout(patients, rest, seed * 7 + k * 13 + r)
             head = train_linear_heads(x[train], y[train], x[val], y[val], 2, grid=[(lr, weight_decay)], epochs=epochs,
                                       batch_size=batch_size, seed=seed * 100_003 + k * 1_009 + r, standardize=standardize)[0]
             if test is not None:

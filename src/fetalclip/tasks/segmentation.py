@@ -420,7 +420,7 @@ def run_segmentation(
 
     Returns (result JSON, the decoder with the lowest validation loss, its splits) so a caller can save it.
     """
-    from .splits_fallback import make_splits
+    from .probe_splits import make_splits
 
     splits = make_splits(data.patients, folds=folds, seed=seed, test_fraction=test_fraction,
                          record_splits=data.splits, with_test=test is None)
@@ -467,5 +467,5 @@ def run_segmentation(
         "best_head": {"fold": best[2], "run": best[3], "rows": best[1]},
         "notes": splits.notes,
     }
-    split_info = splits.to_dict(data.patients) if test is None else {"source": "external"}
+    split_info = splits.to_dict()
     return result, best[0], split_info
