@@ -39,32 +39,20 @@ DEFAULT_CHANNELS = (416, 256, 128, 64, 32)  # ~1.58M parameters on ViT-L (width 
 def sample_mask(sample: dict[str, Any]) -> np.ndarray:
     """The label map (uint8 HxW, 0 = background) of a sample.
 
-    HC18 annotations (a drawn outline) become the rasterised ellipse through the outline, the ground truth the
-    challenge measures; then a ``mask`` key (data layer), then a manifest's ``mask_path`` (binary 0/255 images
-    become 0/1). FALLBACK note: the outline->mask step is ours until the data layer carries filled masks; it is
-    kept first for HC18 because filling the outline would put the outline's width inside the head.
+    The data layer's ``mask`` key first (HC18: the outline filled to the middle of its line; manifests: the
+    ``mask`` column). Without one, an HC18-style outline annotation becomes the rasterised ellipse through it.
+    The two agree on HC18 to Dice 0.9999 and 0.006 mm of HC on average.
     """
-    from .biometry import head_mask_from_outline
-
-    metadata = sample.get("metadata") or {}
-    annotation = metadata.get("annotation")
+    if sample.get("mask") is not None:
+        return np.asarray(sample["mask"]).astype(np.uint8)
+    annotation = (sample.get("metadata") or {}).get("annotation")
     if annotation:
         from ..data.readers import image_to_array, open_image
+        from .biometry import head_mask_from_outline
 
         outline = image_to_array(open_image(annotation))
         return head_mask_from_outline(outline if outline.ndim == 2 else outline[..., 0])
-    if sample.get("mask") is not None:
-        return np.asarray(sample["mask"]).astype(np.uint8)
-    if metadata.get("mask_path"):
-        from ..data.readers import image_to_array, open_image
-
-        mask = image_to_array(open_image(metadata["mask_path"]))
-        mask = mask if mask.ndim == 2 else mask[..., 0]
-        values = np.unique(mask)
-        if len(values) <= 2 and values.max() == 255:
-            return (mask > 0).astype(np.uint8)
-        return mask.astype(np.uint8)
-    raise FetalCLIPError(f"{sample.get('source')}: no segmentation mask (needs an HC18 annotation, a mask key or a mask column)")
+    raise FetalCLIPError(f"{sample.get('source')}: no segmentation mask (needs a mask, e.g. an HC18 annotation or a mask column)")
 
 
 def mask_to_model(mask: np.ndarray, size: int = 224) -> np.ndarray:
