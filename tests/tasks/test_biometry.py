@@ -133,3 +133,13 @@ def test_measure_dataset_on_hc18_ground_truth(hc18_dir):
     row = result["rows"][0]
     assert {"hc_mm", "bpd_mm", "ofd_mm", "ga_who_days", "ga_hadlock_days", "ref_hc_mm", "hc_diff_mm"} <= set(row)
     assert row["bpd_mm"] < row["ofd_mm"]
+
+
+def test_measure_dataset_on_phantoms_measures_heads_only():
+    """The phantom's brain images carry multi-structure masks (skull + inner structures) and their true HC."""
+    from fetalclip.data.datasets import open_dataset
+
+    result = measure_dataset(open_dataset("sim:12"))
+    assert result["n_skipped_not_head"] > 0 and result["n_failed"] == 0
+    assert result["n"] + result["n_skipped_not_head"] == 12
+    assert result["hc_mean_abs_diff_mm"] < 1.0

@@ -242,19 +242,30 @@ def measure_head(mask: ArrayLike, pixel_spacing_mm: float) -> HeadMeasurement:
 
 
 # -- a whole dataset --------------------------------------------------------------------------------------------
-def measure_dataset(dataset, segmenter=None, cache=None, progress: bool = False, head_label: int = 1) -> dict[str, Any]:
+def measure_dataset(dataset, segmenter=None, cache=None, progress: bool = False, head_labels: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Measure every image of ``dataset``: HC/BPD/OFD/GA per image and, with reference HCs, the HC18 metrics.
 
     ``segmenter`` = (decoder, taps, working size) from a segmentation probe, with ``cache`` the feature cache of its encoder:
     images are segmented first. Without it the dataset's own masks are measured (for HC18, the ground-truth
     ellipses). Dice and Hausdorff compare the *fitted ellipse* with the ground-truth mask, as the challenge does.
-    An image whose mask yields no ellipse is a failure row, counted, and left out of the means.
+    An image whose mask yields no ellipse is a failure row, counted, and left out of the means. The head is
+    every foreground label (``head_labels=None``: structures drawn inside the skull belong to the head) and
+    only images labelled ``brain`` (or unlabelled) are measured; others are counted as skipped.
     """
     from tqdm.auto import tqdm
 
     from ..metrics import dice, hausdorff_mm
     from .segmentation import probabilities_to_original, sample_mask
 
+    def head(label_map: np.ndarray) -> np.ndarray:
+        return label_map > 0 if head_labels is None else np.isin(label_map, head_labels)
+
+    keep = [i for i, r in enumerate(dataset.records) if r.get("label") in (None, "brain")]
+    skipped = len(dataset) - len(keep)
+    if not keep:
+        raise FetalCLIPError(f"{dataset.name}: no head (brain) images to measure")
+    if skipped:
+        dataset = dataset.subset(keep)
     predicted: dict[int, np.ndarray] = {}
     if segmenter is not None:
         import torch
@@ -280,9 +291,9 @@ def measure_dataset(dataset, segmenter=None, cache=None, progress: bool = False,
         except FetalCLIPError:
             truth = None
         if segmenter is not None:
-            mask = probabilities_to_original(predicted[i], height, width) == head_label
+            mask = head(probabilities_to_original(predicted[i], height, width))
         elif truth is not None:
-            mask = truth == head_label
+            mask = head(truth)
         else:
             raise FetalCLIPError(f"{sample['source']}: no mask to measure and no --segmenter given")
         try:
@@ -296,8 +307,8 @@ def measure_dataset(dataset, segmenter=None, cache=None, progress: bool = False,
             row["hc_diff_mm"] = row["hc_mm"] - row["ref_hc_mm"]
         if truth is not None and segmenter is not None:
             fitted = rasterize_ellipse(measurement.ellipse, (height, width))
-            row["dice"] = dice(fitted, truth == head_label)
-            row["hausdorff_mm"] = hausdorff_mm(fitted, truth == head_label, measurement.pixel_spacing_mm)
+            row["dice"] = dice(fitted, head(truth))
+            row["hausdorff_mm"] = hausdorff_mm(fitted, head(truth), measurement.pixel_spacing_mm)
         rows.append(row)
     good = [r for r in rows if "error" not in r]
     diffs = np.array([r["hc_diff_mm"] for r in good if "hc_diff_mm" in r], dtype=np.float64)
@@ -306,6 +317,7 @@ def measure_dataset(dataset, segmenter=None, cache=None, progress: bool = False,
         "source_of_masks": "segmenter" if segmenter is not None else "dataset",
         "n": len(rows),
         "n_failed": len(rows) - len(good),
+        "n_skipped_not_head": skipped,
         "hc_mean_abs_diff_mm": float(np.abs(diffs).mean()) if diffs.size else None,
         "hc_mean_diff_mm": float(diffs.mean()) if diffs.size else None,
         "hc_sd_diff_mm": float(diffs.std(ddof=1)) if diffs.size > 1 else None,
