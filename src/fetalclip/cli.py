@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "demo",
     "benchmark",
     "explain",
+    "train",
     "probe",
     "biometry",
 )

@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -86,7 +87,10 @@ def test_html_is_self_contained_and_its_figures_are_not_blank(tmp_path, two_mode
 def test_report_renders_in_headless_chromium_without_console_errors(tmp_path, two_model_run):
     browser = _chromium()
     if browser is None:
-        pytest.skip("chromium not installed (Debian: apt-get install -y chromium)")
+        message = "chromium not installed (Debian: apt-get install -y chromium)"
+        if os.environ.get("FETALCLIP_REQUIRE_CHROMIUM"):
+            pytest.fail(message)
+        pytest.skip(message)
     report = write_report(two_model_run, tmp_path)["report.html"]
     profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
     common = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]

@@ -18,7 +18,8 @@ import torch
 
 from ..errors import ModelNotFoundError
 
-_ARCH_KEYS = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")
+# init_logit_bias: SigLIP-trained models carry a learnable logit bias, which must exist to load their weights.
+_ARCH_KEYS = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_bias")
 _user_models: dict[str, dict[str, Any]] = {}
 
 

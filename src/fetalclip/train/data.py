@@ -1,0 +1,295 @@
+"""Image-text pairs for contrastive training, in an order fixed by the seed and the step alone.
+
+``--data`` takes shard folders and dataset specs alike; both become ``SampleDataset``s (records plus a loader)
+and are concatenated. The run's data order is one infinite sequence of *positions*: epoch ``e`` is a seeded
+permutation of the training samples, and optimiser step ``s`` consumes positions ``[s*B, (s+1)*B)`` of the
+global batch ``B``, split between processes and accumulation micro-batches. Everything random about a
+sample (its caption phrasing, its augmentation) is seeded by its position too. Consequences, all deliberate:
+
+- resuming at step ``s`` only needs ``s`` (the checkpoint's data position is ``s*B``), with no replay;
+- a run on 2 processes sees exactly the global batches a run on 1 process sees, so it can be checked against
+  it, and a run may resume on a different number of processes;
+- the number of loader workers changes nothing but speed.
+
+Held-out evaluation samples are chosen by patient (never by image), so no patient is both trained on and
+evaluated on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data.captions import CaptionFn, caption_sample, template_caption, view_key
+from ..data.datasets import SampleDataset, open_dataset
+from ..errors import FetalCLIPError
+from ..models.preprocess import Preprocessor, pad_to_square, spacing_224, to_rgb_image
+from ..models.tokenizer import tokenize
+from .shards import is_shard_folder, open_shard_folder
+
+# Streams of the seeded generators derived from (seed, stream, position).
+_CAPTION_STREAM, _AUGMENT_STREAM, _SPLIT_STREAM, _ORDER_STREAM = 1, 2, 3, 4
+
+ItemRef = tuple[int, int]  # (dataset number, index within it)
+
+
+def open_sources(specs: Sequence[str]) -> list[SampleDataset]:
+    """Each ``--data`` value as a dataset: a shard folder (path, or ``shards:PATH``) or a dataset spec."""
+    if not specs:
+        raise FetalCLIPError("no training data: give --data with shard folders or dataset specs")
+    datasets = []
+    for spec in specs:
+        path = spec[len("shards:"):] if spec.startswith("shards:") else spec
+        if is_shard_folder(path):
+            datasets.append(open_shard_folder(path))
+        elif spec.startswith("shards:") or (":" not in spec and Path(spec).exists()):
+            raise FetalCLIPError(f"{path}: not a shard folder (no shard-*.tar, no manifest.json)")
+        else:
+            datasets.append(open_dataset(spec))
+        if not len(datasets[-1]):
+            raise FetalCLIPError(f"{spec}: holds no samples")
+    return datasets
+
+
+def resolve_caption_fn(name: str) -> CaptionFn:
+    """``template`` or ``package.module:function`` (any ``(sample, rng) -> str``)."""
+    from ..data.captions import load_caption_fn
+
+    return template_caption if name == "template" else load_caption_fn(name)
+
+
+def patient_key(dataset: SampleDataset, record: dict[str, Any]) -> str:
+    origin = (record.get("metadata") or {}).get("dataset") or dataset.name
+    return f"{origin}:{record.get('patient') or record['source']}"
+
+
+def split_by_patient(
+    datasets: Sequence[SampleDataset], holdout_fraction: float, seed: int
+) -> tuple[list[ItemRef], list[ItemRef]]:
+    """(training items, held-out items), with every patient wholly on one side."""
+    items = [(d, i) for d, dataset in enumerate(datasets) for i in range(len(dataset))]
+    if holdout_fraction <= 0:
+        return items, []
+    keys = [patient_key(datasets[d], datasets[d].records[i]) for d, i in items]
+    patients = sorted(set(keys))
+    rng = np.random.default_rng([seed, _SPLIT_STREAM])
+    count = int(round(holdout_fraction * len(patients)))
+    held = {patients[j] for j in rng.permutation(len(patients))[:count]}
+    train = [item for item, key in zip(items, keys) if key not in held]
+    holdout = [item for item, key in zip(items, keys) if key in held]
+    if not train:
+        raise FetalCLIPError(f"holdout_fraction {holdout_fraction} leaves no training samples")
+    return train, holdout
+
+
+def enrich(sample: dict[str, Any]) -> dict[str, Any]:
+    """Fill the model-input pixel spacing captions quote when a source gives only the original spacing."""
+    if sample.get("pixel_spacing_224_mm") is None and sample.get("pixel_spacing_mm") is not None:
+        height, width = sample["image"].shape[:2]
+        sample["pixel_spacing_224_mm"] = spacing_224(sample["pixel_spacing_mm"], width, height)
+    return sample
+
+
+def caption_of(sample: dict[str, Any], caption_fn: CaptionFn, rng: np.random.Generator) -> str:
+    return caption_sample(sample, rng, caption_fn)
+
+
+def view_of(sample_or_record: dict[str, Any]) -> str:
+    """The view a template caption names (the retrieval target), chosen as ``captions.view_phrases`` does:
+    ``view``, then ``brain_plane`` (unless "other"), then ``label``."""
+    label = sample_or_record.get("label")
+    for name in (sample_or_record.get("view"), sample_or_record.get("brain_plane"), label):
+        if not name:
+            continue
+        key = view_key(name)
+        if key == "other" and name is not label:
+            continue
+        return key or str(name)
+    return "other"
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Mild, label-preserving pretraining augmentation, applied to the padded square before resizing."""
+
+    crop_scale: tuple[float, float] = (0.75, 1.0)
+    max_rotation_deg: float = 10.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+
+    def __call__(self, square, rng: np.random.Generator, size: int, resample):
+        from PIL import Image, ImageEnhance
+
+        side = square.size[0]
+        scale = rng.uniform(*self.crop_scale)
+        crop = max(1, int(round(side * np.sqrt(scale))))
+        left, top = (int(rng.integers(0, side - crop + 1)) for _ in range(2))
+        image = square.crop((left, top, left + crop, top + crop)).resize((size, size), resample)
+        angle = rng.uniform(-self.max_rotation_deg, self.max_rotation_deg)
+        image = image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=0)
+        image = ImageEnhance.Brightness(image).enhance(1.0 + rng.uniform(-self.brightness, self.brightness))
+        return ImageEnhance.Contrast(image).enhance(1.0 + rng.uniform(-self.contrast, self.contrast))
+
+
+class PairDataset(Dataset):
+    """Position -> (image tensor ``[3,S,S]``, token ids ``[context]``) over an infinite seeded order."""
+
+    def __init__(
+        self,
+        datasets: Sequence[SampleDataset],
+        items: Sequence[ItemRef],
+        preprocess: Preprocessor,
+        context_length: int,
+        seed: int,
+        caption_fn: CaptionFn = template_caption,
+        augmentation: Augmentation | None = None,
+    ):
+        if not items:
+            raise FetalCLIPError("no training samples")
+        self.datasets = list(datasets)
+        self.items = list(items)
+        self.preprocess = preprocess
+        self.context_length = context_length
+        self.seed = seed
+        self.caption_fn = caption_fn
+        self.augmentation = augmentation
+        self._orders: dict[int, np.ndarray] = {}
+        # Model-size images of samples seen before (uint8, so ~150 kB each at 224 px); only without
+        # augmentation, where the model input of a sample is the same every epoch.
+        self.cache: dict[ItemRef, tuple[np.ndarray, dict[str, Any]]] | None = None
+
+    def enable_cache(self) -> None:
+        if self.augmentation is None:
+            self.cache = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def item_at(self, position: int) -> ItemRef:
+        epoch, offset = divmod(int(position), len(self.items))
+        order = self._orders.get(epoch)
+        if order is None:
+            order = np.random.default_rng([self.seed, _ORDER_STREAM, epoch]).permutation(len(self.items))
+            # Positions arrive in (nearly) increasing order: two epochs cover a boundary between workers.
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = order
+        return self.items[int(order[offset])]
+
+    def sample_at(self, position: int) -> dict[str, Any]:
+        d, i = self.item_at(position)
+        return enrich(self.datasets[d][i])
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self.item_at(position)
+        cached = self.cache.get(item) if self.cache is not None else None
+        if cached is None:
+            sample = self.sample_at(position)
+            if self.augmentation is None:
+                model_image = np.array(self.preprocess.to_model_image(sample["image"]))
+                if self.cache is not None:
+                    self.cache[item] = (model_image, {k: v for k, v in sample.items() if k not in ("image", "mask")})
+        else:
+            model_image, sample = cached
+        caption = caption_of(sample, self.caption_fn, np.random.default_rng([self.seed, _CAPTION_STREAM, int(position)]))
+        if self.augmentation is None:
+            image = self._normalise(model_image)
+        else:
+            image = self._augmented(sample["image"], np.random.default_rng([self.seed, _AUGMENT_STREAM, int(position)]))
+        return image, tokenize(caption, self.context_length)[0]
+
+    def _normalise(self, model_image: np.ndarray) -> torch.Tensor:
+        from torchvision.transforms import functional as TF
+
+        config = self.preprocess.config
+        return TF.normalize(TF.to_tensor(model_image), config.mean, config.std)
+
+    def _augmented(self, array: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        from torchvision.transforms import functional as TF
+
+        config = self.preprocess.config
+        rgb = to_rgb_image(array)
+        square = pad_to_square(rgb) if config.pad_to_square else rgb.resize((max(rgb.size),) * 2)
+        image = self.augmentation(square, rng, config.image_size, self.preprocess._filter)
+        return TF.normalize(TF.to_tensor(image), config.mean, config.std)
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """This process's micro-batches of positions for steps ``[start_step, end_step)``.
+
+    Step ``s`` covers positions ``[s*G, (s+1)*G)`` with ``G = micro_batch * accum_steps * world_size``; rank ``r``
+    takes the ``r``-th contiguous block of ``micro_batch * accum_steps`` and cuts it into micro-batches.
+    """
+
+    def __init__(self, micro_batch: int, accum_steps: int, rank: int, world_size: int, start_step: int, end_step: int):
+        self.micro_batch, self.accum_steps = micro_batch, accum_steps
+        self.rank, self.world_size = rank, world_size
+        self.start_step, self.end_step = start_step, end_step
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.accum_steps * self.world_size
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step) * self.accum_steps
+
+    def __iter__(self):
+        block = self.micro_batch * self.accum_steps
+        for step in range(self.start_step, self.end_step):
+            first = step * self.global_batch + self.rank * block
+            for j in range(self.accum_steps):
+                low = first + j * self.micro_batch
+                yield list(range(low, low + self.micro_batch))
+
+
+def make_loader(
+    dataset: PairDataset,
+    sampler: StepBatchSampler,
+    workers: int,
+    device: torch.device,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+@dataclass(frozen=True)
+class HeldOutPair:
+    """A held-out sample by reference (its image is read when evaluated) with its fixed caption and view."""
+
+    dataset: SampleDataset
+    index: int
+    caption: str
+    view: str
+
+    def image(self) -> np.ndarray:
+        return self.dataset[self.index]["image"]
+
+
+def held_out_pairs(
+    datasets: Sequence[SampleDataset],
+    items: Sequence[ItemRef],
+    seed: int,
+    caption_fn: Callable = template_caption,
+    max_samples: int | None = None,
+) -> list[HeldOutPair]:
+    """Held-out samples with one fixed caption each (for evaluation hooks); a seeded subset if too many."""
+    chosen = list(items)
+    if max_samples is not None and len(chosen) > max_samples:
+        keep = np.sort(np.random.default_rng([seed, _SPLIT_STREAM, 1]).permutation(len(chosen))[:max_samples])
+        chosen = [chosen[k] for k in keep]
+    pairs = []
+    for n, (d, i) in enumerate(chosen):
+        sample = enrich(datasets[d][i])
+        caption = caption_of(sample, caption_fn, np.random.default_rng([seed, _CAPTION_STREAM, 10**12 + n]))
+        pairs.append(HeldOutPair(datasets[d], i, caption, view_of(sample)))
+    return pairs

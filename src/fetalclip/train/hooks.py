@@ -1,0 +1,80 @@
+"""Evaluation hooks: any callable ``(model, step) -> {name: value}`` run every K steps on the main process.
+
+The loop passes the bare ``FetalCLIP`` model in eval mode under ``torch.no_grad`` and logs whatever comes back
+(names like ``retrieval/i2t_view_r5``, as big_vision's evaluators name theirs), so zero-shot evaluators can
+be plugged in without the loop knowing them. :class:`RetrievalHook` is the built-in one: image-text
+retrieval on held-out pairs.
+
+Retrieval is scored at two levels. *Pair* recall@k asks for an image's own caption among the top k of all
+held-out captions; since template captions of one view differ only in age and spacing, it is a hard target.
+*View* recall@k asks whether any of the top k captions names the image's view. Its chance level is computed
+exactly (``1 - C(N - n_v, k) / C(N, k)`` for a view with ``n_v`` captions) and reported beside it, macro-
+averaged over views, because one abundant view (every HC18 image is a head) would otherwise make chance ~1.
+"""
+
+from __future__ import annotations
+
+from math import comb
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .data import HeldOutPair
+
+EvalHook = Callable[[torch.nn.Module, int], dict[str, float]]
+
+
+def view_recall_chance(views: Sequence[str], k: int) -> dict[str, float]:
+    """Per view, the probability that k captions drawn at random include one of that view."""
+    views = list(views)
+    total = len(views)
+    k = min(k, total)
+    return {v: 1.0 - comb(total - views.count(v), k) / comb(total, k) for v in sorted(set(views))}
+
+
+def retrieval_metrics(
+    image_features: torch.Tensor, text_features: torch.Tensor, views: Sequence[str], ks: Sequence[int] = (1, 5)
+) -> dict[str, float]:
+    """Recall@k from normalised features of N images and their N captions (row i of each belongs together)."""
+    similarity = image_features.float() @ text_features.float().T
+    n = similarity.shape[0]
+    views_arr = np.asarray(views)
+    order_i2t = similarity.argsort(dim=1, descending=True).cpu().numpy()
+    order_t2i = similarity.T.argsort(dim=1, descending=True).cpu().numpy()
+    truth = np.arange(n)[:, None]
+    out: dict[str, float] = {}
+    classes = sorted(set(views))
+    for k in ks:
+        k_eff = min(k, n)
+        out[f"i2t_r{k}"] = float((order_i2t[:, :k_eff] == truth).any(axis=1).mean())
+        out[f"t2i_r{k}"] = float((order_t2i[:, :k_eff] == truth).any(axis=1).mean())
+        hit = (views_arr[order_i2t[:, :k_eff]] == views_arr[:, None]).any(axis=1)
+        per_view = [hit[views_arr == v].mean() for v in classes]
+        chance = view_recall_chance(views, k)
+        out[f"i2t_view_r{k}"] = float(np.mean(per_view))
+        out[f"i2t_view_r{k}_chance"] = float(np.mean([chance[v] for v in classes]))
+    return out
+
+
+class RetrievalHook:
+    """Image-text retrieval on held-out pairs; returns ``{prefix}/i2t_view_r5`` and friends."""
+
+    def __init__(self, pairs: Sequence[HeldOutPair], ks: Sequence[int] = (1, 5), batch_size: int = 64, prefix: str = "retrieval"):
+        if len(pairs) < 2:
+            raise ValueError("retrieval needs at least two held-out pairs")
+        self.pairs = list(pairs)
+        self.ks = tuple(ks)
+        self.batch_size = batch_size
+        self.prefix = prefix
+
+    def __call__(self, model, step: int) -> dict[str, float]:
+        image_chunks, text_chunks = [], []
+        for start in range(0, len(self.pairs), self.batch_size):
+            chunk = self.pairs[start:start + self.batch_size]
+            images = model.preprocess.batch([pair.image() for pair in chunk])
+            image_chunks.append(model.encode_image(images, normalize=True).float().cpu())
+            text_chunks.append(model.encode_text([pair.caption for pair in chunk], normalize=True).float().cpu())
+        metrics = retrieval_metrics(torch.cat(image_chunks), torch.cat(text_chunks), [p.view for p in self.pairs], self.ks)
+        metrics["n"] = float(len(self.pairs))
+        return {f"{self.prefix}/{name}": value for name, value in metrics.items()}

@@ -1,0 +1,149 @@
+"""Data order by position, patient splits, shard folders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fetalclip.errors import FetalCLIPError
+from fetalclip.models import Preprocessor
+from fetalclip.train.data import (
+    Augmentation,
+    PairDataset,
+    StepBatchSampler,
+    open_sources,
+    split_by_patient,
+)
+from fetalclip.train.shards import open_shard_folder
+
+from .conftest import LABELS, write_pairs
+
+
+def test_global_batches_do_not_depend_on_world_size_or_accumulation():
+    def step_sets(world, accum, micro):
+        per_rank = [list(StepBatchSampler(micro, accum, r, world, 2, 5)) for r in range(world)]
+        steps = []
+        for s in range(3):
+            chunk = [b for rank in per_rank for b in rank[s * accum:(s + 1) * accum]]
+            steps.append(sorted(p for b in chunk for p in b))
+        return steps
+
+    reference = step_sets(1, 1, 8)
+    assert reference[0] == list(range(16, 24))
+    assert step_sets(2, 1, 4) == reference == step_sets(2, 2, 2) == step_sets(1, 4, 2)
+
+
+def _pair_dataset(spec, **kwargs):
+    sources = open_sources([spec])
+    items, _ = split_by_patient(sources, 0.0, seed=0)
+    return PairDataset(sources, items, Preprocessor({"image_size": 32}), context_length=16, seed=3, **kwargs)
+
+
+def test_positions_are_seeded_epochs(pairs_spec):
+    dataset = _pair_dataset(pairs_spec)
+    n = len(dataset)
+    first_epoch = [dataset.item_at(p) for p in range(n)]
+    assert sorted(first_epoch) == sorted(dataset.items)  # each sample once per epoch
+    assert [dataset.item_at(p) for p in range(n, 2 * n)] != first_epoch  # reshuffled
+    image, tokens = dataset[5]
+    again_image, again_tokens = _pair_dataset(pairs_spec)[5]
+    assert image.shape == (3, 32, 32) and tokens.shape == (16,)
+    assert torch.equal(image, again_image) and torch.equal(tokens, again_tokens)
+    cached = _pair_dataset(pairs_spec)
+    cached.enable_cache()
+    again = next(p for p in range(n, 2 * n) if dataset.item_at(p) == dataset.item_at(5))
+    for position in (5, again, 7):  # the second read of a sample comes from the cache
+        image, tokens = cached[position]
+        assert torch.equal(image, dataset[position][0]) and torch.equal(tokens, dataset[position][1])
+    assert len(cached.cache) == 2
+    # The same as the model's own preprocessing of the sample.
+    sample = dataset.sample_at(7)
+    assert torch.equal(dataset[7][0], dataset.preprocess(sample["image"]))
+
+
+def test_augmentation_is_seeded_by_position(pairs_spec):
+    dataset = _pair_dataset(pairs_spec, augmentation=Augmentation())
+    plain = _pair_dataset(pairs_spec)
+    assert torch.equal(dataset[3][0], _pair_dataset(pairs_spec, augmentation=Augmentation())[3][0])
+    assert not torch.equal(dataset[3][0], plain[3][0])
+
+
+def test_patient_split_keeps_patients_whole(pairs_spec):
+    sources = open_sources([pairs_spec])
+    train, held = split_by_patient(sources, 0.25, seed=0)
+    patients = lambda items: {sources[d].records[i]["patient"] for d, i in items}  # noqa: E731
+    assert len(train) + len(held) == 24 and len(held) == 6
+    assert not patients(train) & patients(held)
+    assert split_by_patient(sources, 0.25, seed=0) == (train, held)
+
+
+def _write_shards(folder, samples_per_shard=5, count=12):
+    import webdataset as wds
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    shards, images = [], {}
+    for s in range(0, count, samples_per_shard):
+        name = f"shard-{s // samples_per_shard:06d}.tar"
+        n = 0
+        with wds.TarWriter(str(folder / name)) as sink:
+            for i in range(s, min(s + samples_per_shard, count)):
+                image = rng.integers(0, 255, (20 + i, 30), dtype=np.uint8)
+                images[f"s{i:04d}"] = image
+                meta = {"source": f"orig/{i}.png", "label": LABELS[i % 4], "patient": f"q{i // 3}", "dataset": "test",
+                        "pixel_spacing_mm": 0.1, "ga_days": 150 + i, "hc_mm": None, "frame_index": None}
+                sample = {"__key__": f"s{i:04d}", "png": image, "txt": f"caption {i}", "json": meta}
+                if i == 0:
+                    sample["mask.png"] = (image > 128).astype(np.uint8)
+                sink.write(sample)
+                n += 1
+        shards.append({"name": name, "count": n, "sha256": "not-checked-here"})
+    (folder / "manifest.json").write_text(json.dumps({"shards": shards, "total": count}))
+    return images
+
+
+def test_shard_folder_reads_as_samples(tmp_path):
+    images = _write_shards(tmp_path / "shards")
+    dataset = open_shard_folder(tmp_path / "shards")
+    assert len(dataset) == 12
+    sample = dataset[7]
+    assert sample["caption"] == "caption 7" and sample["label"] == LABELS[3] and sample["patient"] == "q2"
+    assert sample["ga_days"] == 157 and sample["source"] == "orig/7.png"
+    np.testing.assert_array_equal(sample["image"], images["s0007"])
+    assert dataset[0]["mask"].shape == images["s0000"].shape
+
+
+def test_shards_and_specs_mix_and_captions_come_from_txt(tmp_path):
+    _write_shards(tmp_path / "shards")
+    spec = write_pairs(tmp_path / "csvdata", count=8)
+    sources = open_sources([str(tmp_path / "shards"), spec])
+    assert [len(s) for s in sources] == [12, 8]
+    items, _ = split_by_patient(sources, 0.0, 0)
+    dataset = PairDataset(sources, items, Preprocessor({"image_size": 32}), 16, seed=0)
+    from fetalclip.models.tokenizer import tokenize
+
+    position = next(p for p in range(20) if dataset.item_at(p) == (0, 4))
+    assert torch.equal(dataset[position][1], tokenize("caption 4", 16)[0])
+
+
+def test_manifest_count_mismatch_is_an_error(tmp_path):
+    _write_shards(tmp_path / "shards")
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    manifest["shards"][0]["count"] = 99
+    (tmp_path / "shards" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FetalCLIPError, match="shard-000000.tar.*99"):
+        open_shard_folder(tmp_path / "shards")
+
+
+def test_reads_what_the_data_layer_packs(tmp_path):
+    from fetalclip.data.shards import pack_shards
+
+    spec = write_pairs(tmp_path / "csvdata", count=10)
+    pack_shards([spec], tmp_path / "packed", shard_size=4, clean=False, workers=1)
+    dataset = open_shard_folder(tmp_path / "packed")
+    assert len(dataset) == 10
+    sample = dataset[3]
+    assert sample["caption"] and sample["image"].dtype == np.uint8 and sample["label"] in LABELS
+    assert sample["patient"] is not None and sample["metadata"]["dataset"]
