@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "explain",
     "train",
     "zeroshot",
+    "probe",
+    "biometry",
 )
 
 app = typer.Typer(

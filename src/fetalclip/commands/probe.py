@@ -1,0 +1,315 @@
+"""``fetalclip probe classify|fewshot|clips|segment``: frozen-encoder probes with cached features."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+MODEL_HELP = "Registered model name, checkpoint folder, published .pt file or hf-hub: reference."
+CACHE_HELP = "Feature cache folder ('none' disables it). Default: $FETALCLIP_CACHE or ~/.cache/fetalclip/features."
+
+probe_app = typer.Typer(help="Frozen-encoder probes: linear, few-shot, clip-level detection, segmentation.", no_args_is_help=True)
+
+
+def cache_root(cache: Optional[str]) -> Optional[Path]:
+    if cache and cache.lower() == "none":
+        return None
+    if cache:
+        return Path(cache).expanduser()
+    return Path(os.environ.get("FETALCLIP_CACHE", Path.home() / ".cache" / "fetalclip" / "features")).expanduser()
+
+
+def parse_grid(grid: Optional[str], lr: float, wd: float) -> list[tuple[float, float]]:
+    """``"3e-4:0.01,1e-3:0.01"`` -> [(3e-4, 0.01), (1e-3, 0.01)]; absent -> [(lr, wd)]."""
+    from ..errors import FetalCLIPError
+
+    if not grid:
+        return [(lr, wd)]
+    points = []
+    for item in grid.split(","):
+        try:
+            a, b = item.split(":")
+            points.append((float(a), float(b)))
+        except ValueError:
+            raise FetalCLIPError(f"--grid item {item!r}: expected LR:WEIGHT_DECAY") from None
+    return points
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    from ..errors import FetalCLIPError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise FetalCLIPError(f"{what}: expected comma-separated integers, got {text!r}") from None
+
+
+def _setup(model: str, cache: Optional[str], device: str, batch_size: int, skip_bad: bool):
+    from ..models import load
+    from ..tasks.features import FeatureCache
+
+    net = load(model, device=device)
+    return net, FeatureCache(net, cache_root(cache), batch_size=batch_size, progress=True, skip_bad=skip_bad)
+
+
+def _fetch(cache, dataset, fetch):
+    """Run ``fetch`` over ``dataset``; with --skip-bad, unreadable records are dropped and reported."""
+    from ..tasks.features import drop_unreadable
+
+    kept, value = drop_unreadable(cache, dataset, fetch)
+    if len(kept) < len(dataset):
+        typer.echo(f"skipped {len(dataset) - len(kept)} unreadable images of {dataset.name}", err=True)
+    return kept, value
+
+
+def _write(out: Optional[Path], result: dict) -> None:
+    from ..io import write_json_atomic
+
+    if out is not None:
+        write_json_atomic(out, result)
+        typer.echo(f"results -> {out}")
+
+
+def _provenance(net, cache, **extra) -> dict:
+    return {"model": net.name, "model_fingerprint": cache.fingerprint, "encoded_this_run": cache.encoded, **extra}
+
+
+# -- classify ----------------------------------------------------------------------------------------------------
+def classify_command(
+    data: str = typer.Option(..., "--data", "-d", help="Dataset spec (fpdb:DIR, csv:FILE, folder:DIR, ...)."),
+    model: str = typer.Option("fetalclip-tiny", "--model", "-m", help=MODEL_HELP),
+    label: str = typer.Option("plane", "--label", help="Record field to predict: plane (= label), brain_plane, ..."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated classes to keep (default: all)."),
+    exclude: Optional[str] = typer.Option(None, "--exclude", help="Comma-separated classes to drop."),
+    test: Optional[str] = typer.Option(None, "--test", help="External test set spec (train/val on --data alone)."),
+    folds: int = typer.Option(5, "--folds", min=1),
+    runs: int = typer.Option(5, "--runs", min=1),
+    epochs: int = typer.Option(50, "--epochs", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    lr: float = typer.Option(3e-4, "--lr"),
+    weight_decay: float = typer.Option(0.01, "--wd"),
+    grid: Optional[str] = typer.Option(None, "--grid", help="LR:WD pairs trained together, e.g. 3e-4:0.01,1e-3:0.01."),
+    augment: int = typer.Option(0, "--augment", min=0, help="Offline augmented copies per training image (published: 5)."),
+    standardize: bool = typer.Option(False, "--standardize", help="z-score features on the training rows (not published)."),
+    seed: int = typer.Option(0, "--seed"),
+    cache: Optional[str] = typer.Option(None, "--cache", help=CACHE_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Result JSON."),
+    encode_batch: int = typer.Option(32, "--encode-batch", min=1),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Linear probe: patient-level folds x runs, macro F1 (mean, SD, CI) and per-class F1 on a held-out test split."""
+    from ..data.datasets import open_dataset
+    from ..tasks.features import AugmentSpec
+    from ..tasks.probe import labelled_subset, probe_data, run_classification
+
+    key = "label" if label == "plane" else label
+    keep = classes.split(",") if classes else None
+    drop = exclude.split(",") if exclude else ()
+    net, feature_cache = _setup(model, cache, device, encode_batch, skip_bad)
+    spec = AugmentSpec(copies=augment, seed=seed) if augment else None
+    dataset = labelled_subset(open_dataset(data), key, keep, drop)
+    dataset, train_data = _fetch(feature_cache, dataset, lambda d: probe_data(feature_cache, d, key, spec))
+    test_data = None
+    if test:
+        test_set = labelled_subset(open_dataset(test), key, keep, drop)
+        _, test_data = _fetch(feature_cache, test_set, lambda d: probe_data(feature_cache, d, key))
+    result = run_classification(train_data, test_data, folds=folds, runs=runs, seed=seed, grid=parse_grid(grid, lr, weight_decay),
+                                epochs=epochs, batch_size=batch_size, standardize=standardize, progress=True)
+    result.update(data=data, test=test, label=key, provenance=_provenance(net, feature_cache))
+    ci = result["macro_f1_ci"]
+    typer.echo(f"linear probe {net.name} on {data} ({result['heads']} heads, test n={result['n_test']}, {result['test_source']})")
+    typer.echo(f"  macro F1 {100 * result['macro_f1_mean']:.2f} +- {100 * result['macro_f1_sd']:.2f}  CI [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+               f"  (lr {result['chosen']['lr']:g}, wd {result['chosen']['weight_decay']:g})")
+    for name, row in result["per_class"].items():
+        typer.echo(f"  {name:<20} F1 {100 * row['f1_mean']:6.2f} +- {100 * row['f1_sd']:5.2f}  (n={row['support']})")
+    typer.echo(f"  encoded {feature_cache.encoded} images this run")
+    _write(out, result)
+
+
+# -- few-shot ----------------------------------------------------------------------------------------------------
+def fewshot_command(
+    data: str = typer.Option(..., "--data", "-d"),
+    model: str = typer.Option("fetalclip-tiny", "--model", "-m", help=MODEL_HELP),
+    label: str = typer.Option("plane", "--label"),
+    classes: Optional[str] = typer.Option(None, "--classes"),
+    exclude: Optional[str] = typer.Option(None, "--exclude"),
+    test: Optional[str] = typer.Option(None, "--test", help="External test set spec."),
+    sizes: str = typer.Option("2,4,8,16,32,64", "--sizes", help="Patients for training (as many again validate)."),
+    support_sets: int = typer.Option(5, "--support-sets", min=1),
+    runs: int = typer.Option(5, "--runs", min=1),
+    epochs: int = typer.Option(100, "--epochs", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    lr: float = typer.Option(3e-4, "--lr"),
+    weight_decay: float = typer.Option(0.01, "--wd"),
+    augment: int = typer.Option(0, "--augment", min=0, help="Offline augmented copies per training image (published: 10)."),
+    standardize: bool = typer.Option(False, "--standardize"),
+    seed: int = typer.Option(0, "--seed"),
+    cache: Optional[str] = typer.Option(None, "--cache", help=CACHE_HELP),
+    out_dir: Path = typer.Option(Path("fewshot-out"), "--out-dir", "-o", help="Folder for fewshot.json, .csv and .png."),
+    encode_batch: int = typer.Option(32, "--encode-batch", min=1),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Few-shot curve: macro F1 against N labelled patients (N more validate), support sets x runs."""
+    import csv
+    import io
+
+    from ..data.datasets import open_dataset
+    from ..io import write_json_atomic, write_text_atomic
+    from ..tasks.features import AugmentSpec
+    from ..tasks.probe import labelled_subset, plot_curve, probe_data, run_fewshot
+
+    key = "label" if label == "plane" else label
+    keep = classes.split(",") if classes else None
+    drop = exclude.split(",") if exclude else ()
+    net, feature_cache = _setup(model, cache, device, encode_batch, skip_bad)
+    spec = AugmentSpec(copies=augment, seed=seed) if augment else None
+    dataset = labelled_subset(open_dataset(data), key, keep, drop)
+    _, train_data = _fetch(feature_cache, dataset, lambda d: probe_data(feature_cache, d, key, spec))
+    test_data = None
+    if test:
+        _, test_data = _fetch(feature_cache, labelled_subset(open_dataset(test), key, keep, drop), lambda d: probe_data(feature_cache, d, key))
+    result = run_fewshot(train_data, test_data, sizes=parse_ints(sizes, "--sizes"), support_sets=support_sets, runs=runs,
+                         seed=seed, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
+                         standardize=standardize, progress=True)
+    result.update(data=data, test=test, label=key, provenance=_provenance(net, feature_cache))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["n_patients", "macro_f1_mean", "macro_f1_sd", "n"])
+    writer.writeheader()
+    writer.writerows(result["curve"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "fewshot.csv", buffer.getvalue())
+    write_json_atomic(out_dir / "fewshot.json", result)
+    plotted = plot_curve(result["curve"], out_dir / "fewshot.png", title=f"few-shot {net.name} ({key})")
+    typer.echo(f"few-shot {net.name} on {data} (test n={result['n_test']}, {support_sets} support sets x {runs} runs)")
+    typer.echo("  N patients   macro F1 (mean +- SD)")
+    for row in result["curve"]:
+        typer.echo(f"  {row['n_patients']:>10}   {100 * row['macro_f1_mean']:6.2f} +- {100 * row['macro_f1_sd']:5.2f}")
+    if result["skipped_sizes"]:
+        typer.echo(f"  skipped N={result['skipped_sizes']}: only {result['available_patients']} training patients")
+    typer.echo(f"curve -> {out_dir / 'fewshot.csv'}" + (f", {out_dir / 'fewshot.png'}" if plotted else " (no PNG: matplotlib not installed)"))
+
+
+# -- clips -------------------------------------------------------------------------------------------------------
+def clips_command(
+    data: str = typer.Option(..., "--data", "-d", help="csv:FILE with path (clip folder / multi-frame file), label, patient."),
+    model: str = typer.Option("fetalclip-tiny", "--model", "-m", help=MODEL_HELP),
+    test: Optional[str] = typer.Option(None, "--test", help="External test set of clips."),
+    frames: int = typer.Option(16, "--frames", min=1, help="Frames sampled evenly from each clip."),
+    positive: Optional[str] = typer.Option(None, "--positive", help="Positive class label (default: the larger of the two)."),
+    folds: int = typer.Option(5, "--folds", min=2),
+    runs: int = typer.Option(5, "--runs", min=1),
+    epochs: int = typer.Option(50, "--epochs", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    lr: float = typer.Option(3e-4, "--lr"),
+    weight_decay: float = typer.Option(0.01, "--wd"),
+    standardize: bool = typer.Option(False, "--standardize"),
+    seed: int = typer.Option(0, "--seed"),
+    cache: Optional[str] = typer.Option(None, "--cache", help=CACHE_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o"),
+    encode_batch: int = typer.Option(32, "--encode-batch", min=1),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Clip-level binary detection: frame embeddings concatenated in order -> one linear layer; AUROC over folds x runs."""
+    from ..data.datasets import open_dataset
+    from ..errors import FetalCLIPError
+    from ..tasks.probe_clips import clip_features, run_clip_probe
+
+    net, feature_cache = _setup(model, cache, device, encode_batch, False)
+    clips = open_dataset(data)
+    if clips.missing:
+        raise FetalCLIPError(f"{data}: {len(clips.missing)} clips are missing, e.g. {clips.missing[0][0]}")
+    labels = [r.get("label") for r in clips.records]
+    if any(label is None for label in labels):
+        raise FetalCLIPError(f"{data}: every clip needs a label")
+    x = clip_features(feature_cache, clips, frames)
+    external = None
+    if test:
+        test_clips = open_dataset(test)
+        external = (clip_features(feature_cache, test_clips, frames), [r.get("label") for r in test_clips.records])
+    result = run_clip_probe(x, labels, [r.get("patient") or r.get("source") for r in clips.records], folds=folds, runs=runs,
+                            seed=seed, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
+                            positive=positive, standardize=standardize, test=external)
+    result.update(data=data, test=test, frames=frames, provenance=_provenance(net, feature_cache))
+    ci = result["auroc_pooled_ci"]
+    typer.echo(f"clip probe {net.name} on {data} ({result['n_clips']} clips x {frames} frames, positive={result['positive']!r})")
+    typer.echo(f"  AUROC per fold x run {100 * result['auroc_mean']:.2f} +- {100 * result['auroc_sd']:.2f}; "
+               f"pooled {100 * result['auroc_pooled']:.2f} CI [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]")
+    typer.echo(f"  encoded {feature_cache.encoded} frames this run")
+    _write(out, result)
+
+
+# -- segment -----------------------------------------------------------------------------------------------------
+def segment_command(
+    data: str = typer.Option(..., "--data", "-d", help="hc18:DIR or csv:FILE with a mask column."),
+    model: str = typer.Option("fetalclip-tiny", "--model", "-m", help=MODEL_HELP),
+    test: Optional[str] = typer.Option(None, "--test", help="External test set spec."),
+    folds: int = typer.Option(1, "--folds", min=1, help="1 = one seeded validation hold-out; k >= 2 = k-fold rotation."),
+    runs: int = typer.Option(1, "--runs", min=1),
+    epochs: int = typer.Option(100, "--epochs", min=1),
+    patience: Optional[int] = typer.Option(None, "--patience", min=1, help="Stop after this many epochs without a better val loss."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    lr: float = typer.Option(3e-4, "--lr"),
+    weight_decay: float = typer.Option(0.01, "--wd"),
+    channels: Optional[str] = typer.Option(None, "--channels", help="Decoder widths deep->image, e.g. 416,256,128,64,32."),
+    taps: Optional[str] = typer.Option(None, "--taps", help="0-based blocks to tap (default: 4 evenly spaced)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Decoder resolution (default: the model input, 224; 112 is ~4x cheaper)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (1 is fastest on a busy machine)."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction"),
+    seed: int = typer.Option(0, "--seed"),
+    cache: Optional[str] = typer.Option(None, "--cache", help=CACHE_HELP),
+    save: Optional[Path] = typer.Option(None, "--save", help="Keep the best decoder (with its encoder reference) here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o"),
+    encode_batch: int = typer.Option(32, "--encode-batch", min=1),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Segmentation probe: UNETR-lite decoder on 4 frozen blocks + the image; pooled Dice, per-image Dice, Hausdorff (mm)."""
+    from ..data.datasets import open_dataset
+    from ..io import write_json_atomic
+    from ..tasks.features import default_taps
+    from ..tasks.segmentation import DEFAULT_CHANNELS, run_segmentation, save_decoder, segmentation_data
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    net, feature_cache = _setup(model, cache, device, encode_batch, skip_bad)
+    tap_list = parse_ints(taps, "--taps") if taps else None
+    widths = parse_ints(channels, "--channels") if channels else list(DEFAULT_CHANNELS)
+    dataset = open_dataset(data)
+    dataset, (seg_data, originals) = _fetch(feature_cache, dataset, lambda d: segmentation_data(feature_cache, d, tap_list, progress=True, size=size))
+    external = None
+    if test:
+        _, external = _fetch(feature_cache, open_dataset(test), lambda d: segmentation_data(feature_cache, d, tap_list, progress=True, size=size))
+    result, best, split_info = run_segmentation(seg_data, originals, folds=folds, runs=runs, seed=seed, epochs=epochs,
+                                                batch_size=batch_size, lr=lr, weight_decay=weight_decay, channels=widths,
+                                                patience=patience, test_fraction=test_fraction, test=external, progress=True)
+    used_taps = tap_list or default_taps(len(net.clip.visual.transformer.resblocks))
+    result.update(data=data, test=test, taps=used_taps, size=seg_data.size, provenance=_provenance(net, feature_cache))
+    typer.echo(f"segmentation probe {net.name} on {data} ({result['decoder_parameters'] / 1e6:.2f}M decoder parameters, "
+               f"test n={result['n_test']}, {len(result['heads'])} heads)")
+    d, di, hd = result["dice_pooled"], result["dice_per_image_mean"], result["hausdorff_mm_mean"]
+    typer.echo(f"  Dice pooled {100 * d['mean']:.2f} +- {100 * d['sd']:.2f}   per image {100 * di['mean']:.2f}"
+               + (f"   Hausdorff {hd['mean']:.2f} mm" if hd["mean"] is not None else ""))
+    typer.echo(f"  encoded {feature_cache.encoded} images this run")
+    if save is not None:
+        reference = model if not Path(model).expanduser().exists() else str(Path(model).expanduser().resolve())
+        save_decoder(save, best.decoder, {"model": reference, "name": net.name, "fingerprint": feature_cache.fingerprint,
+                                          "taps": used_taps, "preprocess": net.preprocess.config.to_dict()},
+                     extra={"data": data, "size": seg_data.size, "best_epoch": best.best_epoch, "val_loss": best.val_loss})
+        write_json_atomic(save / "splits.json", {k: v for k, v in split_info.items() if k != "source"})
+        typer.echo(f"decoder -> {save}")
+    _write(out, result)
+
+
+def register(app: typer.Typer) -> None:
+    probe_app.command("classify")(classify_command)
+    probe_app.command("fewshot")(fewshot_command)
+    probe_app.command("clips")(clips_command)
+    probe_app.command("segment")(segment_command)
+    app.add_typer(probe_app, name="probe")
