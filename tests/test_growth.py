@@ -62,3 +62,16 @@ def test_hadlock_formula_and_its_exact_inverse():
     # It is a different reference from WHO's median, but not wildly so in mid-pregnancy.
     assert abs(float(hadlock_hc(140)) - float(who_hc(140))) < 10
     assert float(hadlock_hc(7 * 8)) == 0.0
+
+
+def test_inverse_curve_is_built_once_per_quantile():
+    from fetalclip.growth import _inverse_curve
+
+    _inverse_curve.cache_clear()
+    for _ in range(3):
+        ga_from_hc(np.array([150.0, 250.0]))
+        ga_from_hc(200.0, 0.5 + 1e-12)  # the same quantile, spelt differently
+        ga_from_hc(200.0, 0.975)
+    assert _inverse_curve.cache_info().misses == 2
+    with pytest.raises(ValueError, match="quantile"):
+        ga_from_hc(200.0, 0.33)

@@ -12,6 +12,8 @@ comparison; it is a mean age for a measured HC, not a quantile band.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -42,11 +44,16 @@ WHO_CHART_WEEKS = (14.0, 40.0)
 _GRID_WEEKS = np.linspace(8.0, 45.0, 37 * 700 + 1)
 
 
-def _coefficients(quantile: float) -> tuple[float, float, float, float]:
-    for known, coefficients in WHO_HC_COEFFICIENTS.items():
+def _quantile_key(quantile: float) -> float:
+    """The table's own key for ``quantile`` (so 0.5 and 0.5000000001 share coefficients and cached curves)."""
+    for known in WHO_HC_COEFFICIENTS:
         if abs(known - quantile) < 1e-9:
-            return coefficients
+            return known
     raise ValueError(f"no WHO head-circumference coefficients for quantile {quantile}; known: {sorted(WHO_HC_COEFFICIENTS)}")
+
+
+def _coefficients(quantile: float) -> tuple[float, float, float, float]:
+    return WHO_HC_COEFFICIENTS[_quantile_key(quantile)]
 
 
 # -- Hadlock et al. 1984 (Radiology 152:497-501), for comparison --------------------------------------------
@@ -88,10 +95,17 @@ def who_hc(ga_days: ArrayLike, quantile: float = 0.5) -> np.ndarray:
     return who_hc_weeks(np.asarray(ga_days, dtype=np.float64) / 7.0, quantile)
 
 
+@lru_cache(maxsize=None)
+def _inverse_curve(quantile: float) -> np.ndarray:
+    """The tabulated WHO curve of ``quantile`` on ``_GRID_WEEKS``: built once per quantile (26k points), read-only."""
+    curve = who_hc_weeks(_GRID_WEEKS, quantile)
+    curve.flags.writeable = False
+    return curve
+
+
 def ga_from_hc(hc_mm: ArrayLike, quantile: float = 0.5) -> np.ndarray:
     """Gestational age (days) at which the WHO ``quantile`` curve reaches ``hc_mm``; clipped to 8-45 weeks."""
-    curve = who_hc_weeks(_GRID_WEEKS, quantile)
-    return np.interp(np.asarray(hc_mm, dtype=np.float64), curve, _GRID_WEEKS) * 7.0
+    return np.interp(np.asarray(hc_mm, dtype=np.float64), _inverse_curve(_quantile_key(quantile)), _GRID_WEEKS) * 7.0
 
 
 # -- Hadlock abdominal circumference and femur length --------------------------------------------------------

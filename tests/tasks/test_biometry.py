@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from fetalclip.errors import FetalCLIPError
-from fetalclip.growth import ga_from_hc, who_hc
+from fetalclip.growth import ga_from_hc, hadlock_ga_from_hc, who_hc
 from fetalclip.tasks.biometry import (
     Ellipse,
     fit_ellipse,
     fit_mask,
     fit_outline,
-    hadlock_ga_from_hc,
     head_mask_from_outline,
     mask_boundary_points,
     measure_dataset,

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import FetalCLIPError
-from ..growth import ga_from_hc
+from ..growth import ga_from_hc, hadlock_ga_from_hc
 
 
 @dataclass(frozen=True)
@@ -192,15 +192,6 @@ def head_mask_from_outline(outline: ArrayLike) -> np.ndarray:
 
 
 # -- measurements ---------------------------------------------------------------------------------------------
-def hadlock_ga_from_hc(hc_mm: ArrayLike) -> np.ndarray:
-    """Gestational age (days) from HC by Hadlock et al. (Radiology 1984): weeks = 8.96 + 0.540 HC + 0.0003 HC^3, HC in cm.
-
-    FALLBACK: private here until ``fetalclip.growth`` carries Hadlock; swap for that at merge.
-    """
-    hc_cm = np.asarray(hc_mm, dtype=np.float64) / 10.0
-    return (8.96 + 0.540 * hc_cm + 0.0003 * hc_cm**3) * 7.0
-
-
 @dataclass(frozen=True)
 class HeadMeasurement:
     ellipse: Ellipse  # pixels of the measured image
