@@ -114,3 +114,18 @@ def test_a_label_without_prompts_is_an_error_listing_the_known_ones(tiny_model, 
     fpdb_manifest.write_text(text)
     with pytest.raises(FetalCLIPError, match=r"'Fetal kneecap'.*known labels: abdomen, brain, femur, thorax, cervix"):
         predict(tiny_model, open_dataset(f"csv:{fpdb_manifest}"), "planes")
+
+
+def test_predictions_through_the_feature_cache_equal_direct_ones(tiny_model, fpdb_manifest, tmp_path):
+    from fetalclip.tasks.features import FeatureCache
+
+    dataset = open_dataset(f"csv:{fpdb_manifest}")
+    direct = predict(tiny_model, dataset, "planes")
+    cache = FeatureCache(tiny_model, tmp_path / "cache")
+    cached = predict(tiny_model, dataset, "planes", cache=cache)
+    assert cache.encoded == 6  # "Other" is left out before anything is encoded
+    assert cached.sources == direct.sources and cached.y_true == direct.y_true
+    np.testing.assert_allclose(cached.logits, direct.logits, atol=1e-3)
+    again = FeatureCache(tiny_model, tmp_path / "cache")
+    predict(tiny_model, dataset, "planes", cache=again, distractors=False)
+    assert again.encoded == 0

@@ -6,6 +6,11 @@ a square (``spacing * max(W, H) / 224``), an open_clip baseline may crop the sho
 must be prompted with the spacing of what it actually sees. Decoding and preprocessing of
 the next batch run in a small thread pool while the current one is encoded (PIL releases the GIL), so the
 encoder is rarely idle; unreadable images stop the run with their name or, with ``skip_bad``, are listed.
+
+With a ``FeatureCache`` (``cache=``) the embeddings come from that on-disk cache instead, so evaluations that
+share images (zero-shot, probes, embedding maps, reruns of a benchmark) encode each image once per model; the
+cache's projected embeddings are normalised here, which is exactly what ``encode_image(normalize=True)`` gives.
+Spacings then still come from the model's preprocessing of each decoded image, and only where a record has one.
 """
 
 from __future__ import annotations
@@ -47,11 +52,14 @@ def embed_dataset(
     progress: bool = False,
     desc: str = "images",
     num_threads: int = 2,
+    cache: Any = None,
 ) -> DatasetFeatures:
-    """Embed ``dataset[i]`` for ``i`` in ``indices`` (default: all), in batches."""
+    """Embed ``dataset[i]`` for ``i`` in ``indices`` (default: all), in batches (or through ``cache``)."""
     from tqdm.auto import tqdm
 
     indices = list(range(len(dataset))) if indices is None else list(indices)
+    if cache is not None:
+        return _from_cache(model, cache, dataset, indices, skip_bad, num_threads)
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     chunks: list[torch.Tensor] = []
     kept: list[int] = []
@@ -82,3 +90,32 @@ def embed_dataset(
             bar.update(len(batch))
     features = torch.cat(chunks) if chunks else torch.zeros(0, model.embed_dim)
     return DatasetFeatures(features, kept, spacings, skipped)
+
+
+def _spacing(model: FetalCLIP, dataset: Any, index: int) -> float | None:
+    spacing = dataset.records[index].get("pixel_spacing_mm")
+    if spacing is None:
+        return None
+    return model.preprocess.with_spacing(dataset[index]["image"], spacing)[1]
+
+
+def _from_cache(model: FetalCLIP, cache: Any, dataset: Any, indices: list[int], skip_bad: bool, num_threads: int) -> DatasetFeatures:
+    from .features import drop_unreadable
+
+    if cache.model is not model:
+        raise ValueError("the feature cache belongs to another model")
+    subset = dataset.subset(indices)
+    previous = cache.skip_bad
+    cache.skip_bad = previous or skip_bad
+    try:
+        kept, embeddings = drop_unreadable(cache, subset, cache.embeddings)
+    finally:
+        cache.skip_bad = previous
+    position = {id(record): index for record, index in zip(subset.records, indices)}
+    kept_indices = [position[id(record)] for record in kept.records]
+    dropped = set(indices) - set(kept_indices)
+    skipped = [(str(dataset.records[i].get("source", i)), "unreadable") for i in indices if i in dropped]
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        spacings = list(pool.map(lambda i: _spacing(model, dataset, i), kept_indices))
+    features = torch.nn.functional.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=-1)
+    return DatasetFeatures(features, kept_indices, spacings, skipped)

@@ -224,9 +224,13 @@ def predict_ga(
     batch_size: int = 32,
     skip_bad: bool = False,
     progress: bool = False,
+    cache: Any = None,
     **options: Any,
 ) -> GAPredictions:
-    """Score maps for every image of ``dataset``; each needs a pixel spacing (HC18 and CSV manifests have one)."""
+    """Score maps for every image of ``dataset``; each needs a pixel spacing (HC18 and CSV manifests have one).
+
+    ``cache`` (a ``FeatureCache`` of this model) supplies image embeddings computed once per image.
+    """
     templates = _templates(templates)
     days = list(days)
     if days != list(range(days[0], days[0] + len(days))):
@@ -238,7 +242,8 @@ def predict_ga(
             "the GA prompts need it (add a pixel_spacing_mm column, or --skip-bad)"
         )
     indices = [i for i, r in enumerate(dataset.records) if r.get("pixel_spacing_mm") is not None]
-    embedded = embed_dataset(model, dataset, indices, batch_size=batch_size, skip_bad=skip_bad, progress=progress, desc="ga images")
+    embedded = embed_dataset(model, dataset, indices, batch_size=batch_size, skip_bad=skip_bad, progress=progress,
+                             desc="ga images", cache=cache)
     records = [dataset.records[i] for i in embedded.indices]
     if any(s is None for s in embedded.spacings_224):
         raise FetalCLIPError(f"{model.name}: its preprocessing gives no single pixel spacing (anisotropic resize); GA prompts need one")

@@ -176,12 +176,14 @@ def predict(
     batch_size: int = 32,
     skip_bad: bool = False,
     progress: bool = False,
+    cache: Any = None,
 ) -> ZeroShotPredictions:
     """Zero-shot predictions for every record of ``dataset`` that has a ground truth for ``task``.
 
     Records whose target is missing or ``other`` (when the prompts have no ``other`` class) are left out,
     as the published evaluation left out FETAL_PLANES_DB's "Other". With ``distractors=False`` only the
     classes that occur as ground truth are offered. A target without prompts is an error naming it.
+    ``cache`` (a ``FeatureCache`` of this model) supplies image embeddings computed once per image.
     """
     if not isinstance(prompts, Mapping):
         prompts = load_prompts(prompts, task)
@@ -199,7 +201,7 @@ def predict(
     if not classnames:
         raise FetalCLIPError(f"{dataset.name}: no images with a {task} label to evaluate")
     classifier = build_classifier(model, classnames, prompts)
-    embedded = embed_dataset(model, dataset, keep, batch_size=batch_size, skip_bad=skip_bad, progress=progress, desc=task)
+    embedded = embed_dataset(model, dataset, keep, batch_size=batch_size, skip_bad=skip_bad, progress=progress, desc=task, cache=cache)
     return ZeroShotPredictions(
         task=task,
         classnames=classnames,
@@ -255,7 +257,7 @@ def evaluate_planes(
 ) -> dict[str, float]:
     """Zero-shot plane classification as named metrics (``zeroshot/planes/f1`` ...), in percent.
 
-    ``options`` go to ``predict`` (``batch_size``, ``skip_bad``, ``progress``); ``n_bootstrap=0`` skips the CI.
+    ``options`` go to ``predict`` (``batch_size``, ``skip_bad``, ``progress``, ``cache``); ``n_bootstrap=0`` skips the CI.
     """
     predictions = predict(model, dataset, task, prompts, distractors, **options)
     return named_metrics(task, report(predictions, n_bootstrap=n_bootstrap))
