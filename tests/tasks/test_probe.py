@@ -112,6 +112,9 @@ def test_classification_is_deterministic_and_reports_everything():
     assert result["macro_f1_ci"][0] <= result["macro_f1_mean"] + 0.05
     assert set(result["per_class"]) == {"a", "b", "c"}
     assert len(result["grid"]) == 2 and result["chosen"]["lr"] in (3e-3, 3e-2)
+    confusion = np.array(result["confusion"]["matrix"])  # test predictions of all heads, pooled
+    assert result["confusion"]["labels"] == ["a", "b", "c"] and confusion.sum() == 6 * result["n_test"]
+    assert np.trace(confusion) / confusion.sum() > 0.8
     assert run_classification(data, **kwargs)["macro_f1_per_head"] == result["macro_f1_per_head"]
     json.dumps(result)
 

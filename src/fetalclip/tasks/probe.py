@@ -225,6 +225,8 @@ def run_classification(
         per_class[classes[label]] = {"f1_mean": float(np.mean(values)), "f1_sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                                      "support": int(np.sum(y_test == label))}
     low, high = mean_macro_f1_ci(y_test, preds, eval_labels, n=n_bootstrap, seed=42)
+    # Test predictions of every head pooled (counts add up to heads x test images): what the probe confuses.
+    pooled = classification_report(np.tile(y_test, len(preds)), preds.reshape(-1), list(range(len(classes))), eval_labels, ci=False)
     return {
         "task": "linear-probe",
         "classes": classes,
@@ -246,6 +248,7 @@ def run_classification(
         "macro_f1_per_head": f1s.tolist(),
         "best_epochs": per_grid_epochs[chosen],
         "per_class": per_class,
+        "confusion": {"labels": classes, "matrix": pooled["confusion_matrix"], "heads": int(len(preds))},
         "grid": grid_rows,
         "splits": splits.to_dict(),
         "notes": splits.notes,
