@@ -11,15 +11,19 @@ from PIL import Image
 
 from fetalclip.bench.tasks import (
     TASK_NAMES,
+    TASK_OPTIONS,
     TaskContext,
     TaskUnavailable,
     cams_task,
     default_prompt_set,
     default_registry,
     embedding_map_task,
+    feature_cache,
+    protocol_options,
     stratified_indices,
 )
 from fetalclip.data.datasets import open_dataset
+from fetalclip.errors import FetalCLIPError
 
 # The published table's column order.
 PUBLISHED_TASKS = ["zeroshot-planes", "zeroshot-brain", "zeroshot-ga", "probe-planes", "probe-brain",
@@ -42,17 +46,100 @@ def _context(tmp_path, **options):
     return TaskContext(cache_dir=tmp_path / "cache", seed=0, progress=False, options=options)
 
 
-def test_registry_has_the_published_tasks_and_connection_points(tmp_path, tiny_model, folder_dataset):
+def test_registry_has_the_published_tasks_with_their_options(tmp_path, tiny_model, folder_dataset):
     registry = default_registry()
     assert TASK_NAMES == tuple(PUBLISHED_TASKS + ["embedding-map", "cams"])
     assert registry.get("biometry-hc").higher_is_better is False
     assert registry.get("zeroshot-ga").published == {"FetalCLIP": 83.42, "CLIP ViT-L/14": 11.43}
-    for name in PUBLISHED_TASKS:  # not connected yet: each says which library it waits for
-        with pytest.raises(TaskUnavailable, match=r"needs fetalclip\.tasks\.\w+ \(issue [56]\)"):
+    for spec in registry:  # every task is connected (version 2) and declares the options it reads
+        assert spec.version == 2 and spec.defaults == TASK_OPTIONS[spec.name]
+    biometry = registry.get("biometry-hc")
+    assert biometry.options_key == "segment-hc" and biometry.resolve_options({"epochs": 3})["epochs"] == 3
+    with pytest.raises(FetalCLIPError, match=r"task probe-planes: unknown option\(s\) rnus; known: augment, batch_size"):
+        registry.get("probe-planes").resolve_options({"rnus": 5})
+    with pytest.raises(FetalCLIPError, match="unknown option"):
+        registry.get("zeroshot-planes").fn(tiny_model, folder_dataset, _context(tmp_path, **{"zeroshot-planes": {"prompt": "x"}}))
+    published = protocol_options("published")
+    assert published["probe-planes"] == {"runs": 5, "augment": 5} and published["segment-hc"]["size"] == 224
+    assert protocol_options("cpu") == {}
+    registry.connect("zeroshot-planes", lambda model, data, context: {"metrics": {}}, version=3)
+    assert registry.get("zeroshot-planes").version == 3 and registry.get("zeroshot-planes").title == "ZS planes F1"
+    assert default_registry().get("zeroshot-planes").version == 2  # connecting changes only that registry
+
+
+@pytest.fixture(scope="module")
+def sim_sets():
+    # Few patients (so few distinct pixel spacings: the GA prompt bank is built per spacing) and small images.
+    return {
+        "planes": open_dataset("sim:36,size=96,per_patient=3"),
+        "brain": open_dataset("sim:18,size=96,per_patient=3,classes=trans-thalamic+trans-cerebellum+trans-ventricular"),
+        "heads": open_dataset("sim:20,size=96,per_patient=2,classes=brain"),
+    }
+
+
+def test_connected_tasks_share_one_feature_cache(tmp_path, tiny_model, sim_sets, monkeypatch):
+    registry = default_registry()
+    context = _context(tmp_path, **{
+        "probe-planes": {"folds": 2, "epochs": 3}, "fewshot-planes": {"sizes": [1, 2, 64], "support_sets": 1, "epochs": 3},
+        "segment-hc": {"size": 32, "channels": [8, 8, 8, 8, 8], "epochs": 1},
+        "embedding-map": {"max_images": 24},  # PCA: t-SNE/UMAP take seconds
+        "zeroshot-ga": {"templates": ["the fetal head at {weeks} weeks and {days} days, {spacing} mm per pixel"]},
+    })
+    context.n_bootstrap = 100
+    planes = sim_sets["planes"]
+    cache = feature_cache(tiny_model, context)
+
+    zeroshot = registry.get("zeroshot-planes").fn(tiny_model, planes, context)
+    others = sum(label == "other" for label in planes.column("label"))
+    assert cache.encoded == len(planes) - others  # "Other" is not a zero-shot class
+    f1 = zeroshot["metrics"]["macro_f1"]
+    assert 0 <= f1["value"] <= 100 and f1["ci"][0] <= f1["value"] <= f1["ci"][1] and f1["n"] == len(planes) - others
+    confusion = zeroshot["details"]["confusion"]
+    assert confusion["labels"][:5] == ["abdomen", "brain", "femur", "thorax", "cervix"] and len(confusion["labels"]) == 9
+
+    probe = registry.get("probe-planes").fn(tiny_model, planes, context)
+    assert cache.encoded == len(planes)  # only the "Other" images were new
+    assert sorted(probe["details"]["confusion"]["labels"]) == ["abdomen", "brain", "cervix", "femur", "other", "thorax"]
+    assert probe["details"]["folds"] == 2 and probe["details"]["runs"] == 1
+
+    fewshot = registry.get("fewshot-planes").fn(tiny_model, planes, context)
+    curve = fewshot["details"]["fewshot"]
+    assert curve["n"] == [1, 2] and fewshot["details"]["skipped_sizes"] == [64]
+    assert fewshot["metrics"]["macro_f1"]["value"] == curve["mean"][-1]
+    assert registry.get("embedding-map").fn(tiny_model, planes, context)["details"]["method"] == "pca"
+    assert cache.encoded == len(planes)  # nothing re-encoded
+
+    ga = registry.get("zeroshot-ga").fn(tiny_model, sim_sets["heads"].subset(range(6)), context)  # 6 spacings x 175 days
+    scatter = ga["figures"]["ga_scatter"]
+    assert len(scatter["pred_ga_days"]) == len(scatter["true_hc_mm"]) == ga["metrics"]["vpr"]["n"] == ga["details"]["n_evaluated"]
+    assert all(100 <= hc <= 342 for hc in scatter["true_hc_mm"]) and all(98 <= d <= 272 for d in scatter["pred_ga_days"])
+
+    import fetalclip.tasks.segmentation as segmentation
+
+    trainings = []
+    real = segmentation.run_segmentation
+    monkeypatch.setattr(segmentation, "run_segmentation", lambda *a, **k: trainings.append(1) or real(*a, **k))
+    segment = registry.get("segment-hc").fn(tiny_model, sim_sets["heads"], context)
+    biometry = registry.get("biometry-hc").fn(tiny_model, sim_sets["heads"], context)
+    assert len(trainings) == 1  # biometry measured with segment-hc's decoder, kept under the cache folder
+    assert segment["metrics"]["dice"]["n"] == biometry["details"]["n"] and biometry["metrics"]["hc_mean_abs_diff_mm"]["unit"] == "mm"
+
+
+def test_tasks_without_the_data_they_need_are_unavailable(tmp_path, tiny_model, folder_dataset):
+    registry = default_registry()
+    for name, reason in (("zeroshot-brain", "no images with a brain sub-plane label"), ("zeroshot-ga", "no images with a pixel spacing"),
+                         ("probe-brain", "no records with a 'brain_plane' label"), ("segment-hc", "no segmentation mask")):
+        with pytest.raises(TaskUnavailable, match=reason):
             registry.get(name).fn(tiny_model, folder_dataset, _context(tmp_path))
-    registry.connect("zeroshot-planes", lambda model, data, context: {"metrics": {}}, version=2)
-    assert registry.get("zeroshot-planes").version == 2 and registry.get("zeroshot-planes").title == "ZS planes F1"
-    assert default_registry().get("zeroshot-planes").version == 1  # connecting changes only that registry
+
+
+def test_cam_prompts_are_the_zero_shot_prompts():
+    from fetalclip.bench.tasks import _cam_prompts
+    from fetalclip.tasks.zeroshot import load_prompts
+
+    prompts = _cam_prompts(["brain", "thorax", "kneecap"])
+    assert prompts["brain"] == load_prompts(task="planes")["brain"] and prompts["thorax"] == load_prompts(task="planes")["thorax"]
+    assert prompts["kneecap"] == default_prompt_set(["kneecap"])["kneecap"]
 
 
 def test_embedding_map_projects_every_selected_image(tmp_path, tiny_model, folder_dataset):

@@ -180,7 +180,7 @@ def _now() -> str:
 
 def _primary_text(entry: Mapping[str, Any], primary: str | None) -> str:
     value = (entry.get("metrics") or {}).get(primary or "")
-    if not value:
+    if not value or value.get("value") is None:
         return ""
     text = f"{primary} {value['value']:.2f}"
     return text + (f" [{value['ci'][0]:.2f}, {value['ci'][1]:.2f}]" if value.get("ci") else "")
@@ -220,6 +220,12 @@ def run_benchmark(
     cache_dir = out_dir / CACHE_DIR
     memo = ChecksumMemo(store.root / "checksums.json")
 
+    # Every task's effective options (defaults + given), checked now: a misspelt option fails before any work.
+    unknown_tasks = sorted(set(options or {}) - set(registry.names()))
+    if unknown_tasks:
+        raise FetalCLIPError(f"options for unknown task(s) {', '.join(unknown_tasks)}; known tasks: {', '.join(registry.names())}")
+    resolved = {spec.name: spec.resolve_options((options or {}).get(spec.options_key)) for spec in specs}
+
     skipped: list[dict[str, Any]] = []
     runnable = []
     for spec in specs:
@@ -257,7 +263,7 @@ def run_benchmark(
             for spec in runnable:
                 position += 1
                 bar.set_description(f"{ref.label} / {spec.name}")
-                task_options = (options or {}).get(spec.name)
+                task_options = resolved[spec.name]
                 fingerprint = {
                     "model_sha256": model_info[ref.label]["sha256"],
                     "data_sha256": data_info[spec.data_key]["manifest_sha256"],
@@ -283,7 +289,8 @@ def run_benchmark(
                     n_bootstrap=n_bootstrap,
                     progress=progress,
                     model_label=ref.label,
-                    options=dict(options or {}),
+                    options={**(options or {}), spec.options_key: task_options},
+                    data_sha256=data_info[spec.data_key]["manifest_sha256"],
                 )
                 started = time.perf_counter()
                 try:

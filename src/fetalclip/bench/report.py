@@ -94,7 +94,8 @@ def results_document(run: BenchmarkRun) -> dict[str, Any]:
         if spec.name in run.tasks
     }
     results = [
-        {key: entry.get(key) for key in ("model", "task", "status", "error", "metrics", "details", "elapsed_s", "finished_utc", "provenance")}
+        {**{key: entry.get(key) for key in ("model", "task", "status", "error", "metrics", "details", "elapsed_s", "finished_utc", "provenance")},
+         "options": (entry.get("fingerprint") or {}).get("options")}
         for entry in run.entries
     ]
     return {

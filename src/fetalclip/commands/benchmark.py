@@ -12,6 +12,38 @@ MODEL_HELP = (
     "Prefix LABEL= to name its table row."
 )
 DATA_HELP = "KEY=SPEC, repeatable; keys: planes, brain, ga, seg, clips (e.g. planes=fpdb:DIR, ga=hc18:DIR)."
+OPTION_HELP = (
+    "TASK.NAME=VALUE, repeatable: one task option (VALUE as JSON, else text), e.g. probe-planes.runs=5, "
+    "segment-hc.channels=[416,256,128,64,32]. --list-tasks shows every option and its default."
+)
+
+
+def parse_task_options(values: list[str]) -> dict[str, dict]:
+    """``["probe-planes.runs=5", ...]`` -> ``{"probe-planes": {"runs": 5}}`` (values parsed as JSON when they are)."""
+    import json
+
+    from ..errors import FetalCLIPError
+
+    options: dict[str, dict] = {}
+    for value in values:
+        target, sep, text = value.partition("=")
+        task, dot, name = target.partition(".")
+        if not sep or not dot or not task or not name:
+            raise FetalCLIPError(f"--task-option {value!r}: expected TASK.NAME=VALUE, e.g. probe-planes.runs=5")
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            parsed = text
+        options.setdefault(task, {})[name] = parsed
+    return options
+
+
+def _merge(*layers: dict[str, dict]) -> dict[str, dict]:
+    merged: dict[str, dict] = {}
+    for layer in layers:
+        for task, values in layer.items():
+            merged.setdefault(task, {}).update(values)
+    return merged
 
 
 def benchmark_command(
@@ -22,27 +54,45 @@ def benchmark_command(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device"),
     n_bootstrap: int = typer.Option(10_000, "--bootstrap", min=1, help="Bootstrap resamples for the CIs."),
-    cam_method: str = typer.Option("gradcam", "--cam-method", help="gradcam (fast) or scorecam (as published; slow)."),
-    cams_per_class: int = typer.Option(2, "--cams-per-class", min=1),
+    protocol: str = typer.Option("cpu", "--protocol", help="Task settings: cpu (sized for a CPU, the default) or published "
+                                 "(the published folds x runs, epochs, augmentation and decoder; hours on a CPU)."),
+    task_option: list[str] = typer.Option([], "--task-option", "-O", help=OPTION_HELP),
+    cam_method: str = typer.Option(None, "--cam-method", help="gradcam (fast, the cpu default) or scorecam (as published; slow)."),
+    cams_per_class: int = typer.Option(None, "--cams-per-class", min=1, help="Images per class with a CAM (default 2)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads (on a busy 2-core machine 1 is fastest)."),
     fresh: bool = typer.Option(False, "--fresh", help="Recompute everything instead of reusing stored results."),
-    list_tasks: bool = typer.Option(False, "--list-tasks", help="Print the tasks and exit."),
+    list_tasks: bool = typer.Option(False, "--list-tasks", help="Print the tasks and their options, then exit."),
 ) -> None:
     """Benchmark models on the FetalCLIP tasks; writes results.json/.csv/.md and report.html to --out."""
+    import json
+
     from ..bench.harness import parse_data_args, parse_model_args, run_benchmark
     from ..bench.report import markdown_table, write_report
-    from ..bench.tasks import default_registry
+    from ..bench.tasks import default_registry, protocol_options
     from ..tasks.explain import METHODS
     from ..errors import FetalCLIPError
 
     registry = default_registry()
+    base = protocol_options(protocol)
     if list_tasks:
         for spec in registry:
             typer.echo(f"{spec.name:16s} data={spec.data_key:7s} {spec.description}")
+            if spec.options_from:
+                typer.echo(f"{'':16s} options: those of {spec.options_from}")
+                continue
+            resolved = spec.resolve_options(base.get(spec.name))
+            if resolved:
+                typer.echo(f"{'':16s} options ({protocol}): " + ", ".join(f"{k}={json.dumps(v)}" for k, v in resolved.items()))
         raise typer.Exit()
-    if cam_method not in METHODS:
+    if cam_method is not None and cam_method not in METHODS:
         raise FetalCLIPError(f"--cam-method {cam_method!r}: use one of {', '.join(METHODS)}")
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
-    options = {"cams": {"method": cam_method, "per_class": cams_per_class}}
+    cams = {key: value for key, value in (("method", cam_method), ("per_class", cams_per_class)) if value is not None}
+    options = _merge(base, {"cams": cams} if cams else {}, parse_task_options(task_option))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     run = run_benchmark(
         parse_model_args(models),
         parse_data_args(data),
