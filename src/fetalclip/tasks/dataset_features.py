@@ -3,14 +3,13 @@
 Zero-shot tasks need one pass over the images (embedding) and, for gestational age, the mm per pixel of each
 model input. That spacing comes from the model's own preprocessing (``preprocess.with_spacing``): ours pads to
 a square (``spacing * max(W, H) / 224``), an open_clip baseline may crop the shortest side instead, and each
-must be prompted with the spacing of what it actually sees. Decoding and preprocessing of
-the next batch run in a small thread pool while the current one is encoded (PIL releases the GIL), so the
-encoder is rarely idle; unreadable images stop the run with their name or, with ``skip_bad``, are listed.
+must be prompted with the spacing of what it actually sees. Decoding and preprocessing of the next batch
+run in threads while the current one is encoded (``batching.prefetched_batches``); unreadable images stop
+the run with their name or, with ``skip_bad``, are listed.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ import torch
 
 from ..errors import FetalCLIPError
 from ..models.model import FetalCLIP
+from .batching import prefetched_batches
 
 
 @dataclass
@@ -52,21 +52,14 @@ def embed_dataset(
     from tqdm.auto import tqdm
 
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     chunks: list[torch.Tensor] = []
     kept: list[int] = []
     spacings: list[float | None] = []
     skipped: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool, tqdm(
-        total=len(indices), unit="img", desc=desc, disable=not progress
-    ) as bar:
-        pending = [pool.submit(_prepare, model, dataset, i) for i in batches[0]] if batches else []
-        for number, batch in enumerate(batches):
-            current = pending
-            pending = [pool.submit(_prepare, model, dataset, i) for i in batches[number + 1]] if number + 1 < len(batches) else []
+    with tqdm(total=len(indices), unit="img", desc=desc, disable=not progress) as bar:
+        for batch, results in prefetched_batches(indices, lambda i: _prepare(model, dataset, i), batch_size, num_threads):
             tensors = []
-            for index, future in zip(batch, current):
-                result = future.result()
+            for index, result in zip(batch, results):
                 if isinstance(result, FetalCLIPError):
                     if not skip_bad:
                         raise result
