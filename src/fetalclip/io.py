@@ -54,7 +54,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+    return write_text_atomic(path, json.dumps(obj, indent=indent, default=json_default) + "\n")
 
 
 def save_npz_atomic(path: str | os.PathLike, **arrays: Any) -> Path:
@@ -65,7 +65,8 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: Any) -> Path:
     return Path(path)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps`` hook for numpy scalars and arrays and paths; anything else is a ``TypeError``."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -73,6 +73,26 @@ def _write(out: Optional[Path], result: dict) -> None:
         typer.echo(f"results -> {out}")
 
 
+def _labelled_inputs(model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed):
+    """Model, feature cache, label key and the (train, external test) probe data shared by classify and fewshot."""
+    from ..data.datasets import open_dataset
+    from ..tasks.features import AugmentSpec
+    from ..tasks.probe import labelled_subset, probe_data
+
+    key = "label" if label == "plane" else label
+    keep = classes.split(",") if classes else None
+    drop = exclude.split(",") if exclude else ()
+    net, feature_cache = _setup(model, cache, device, encode_batch, skip_bad)
+    spec = AugmentSpec(copies=augment, seed=seed) if augment else None
+    dataset = labelled_subset(open_dataset(data), key, keep, drop)
+    _, train_data = _fetch(feature_cache, dataset, lambda d: probe_data(feature_cache, d, key, spec))
+    test_data = None
+    if test:
+        test_set = labelled_subset(open_dataset(test), key, keep, drop)
+        _, test_data = _fetch(feature_cache, test_set, lambda d: probe_data(feature_cache, d, key))
+    return net, feature_cache, key, train_data, test_data
+
+
 def _provenance(net, cache, **extra) -> dict:
     return {"model": net.name, "model_fingerprint": cache.fingerprint, "encoded_this_run": cache.encoded, **extra}
 
@@ -102,21 +122,11 @@ def classify_command(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Linear probe: patient-level folds x runs, macro F1 (mean, SD, CI) and per-class F1 on a held-out test split."""
-    from ..data.datasets import open_dataset
-    from ..tasks.features import AugmentSpec
-    from ..tasks.probe import labelled_subset, probe_data, run_classification
+    from ..tasks.probe import run_classification
 
-    key = "label" if label == "plane" else label
-    keep = classes.split(",") if classes else None
-    drop = exclude.split(",") if exclude else ()
-    net, feature_cache = _setup(model, cache, device, encode_batch, skip_bad)
-    spec = AugmentSpec(copies=augment, seed=seed) if augment else None
-    dataset = labelled_subset(open_dataset(data), key, keep, drop)
-    dataset, train_data = _fetch(feature_cache, dataset, lambda d: probe_data(feature_cache, d, key, spec))
-    test_data = None
-    if test:
-        test_set = labelled_subset(open_dataset(test), key, keep, drop)
-        _, test_data = _fetch(feature_cache, test_set, lambda d: probe_data(feature_cache, d, key))
+    net, feature_cache, key, train_data, test_data = _labelled_inputs(
+        model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed
+    )
     result = run_classification(train_data, test_data, folds=folds, runs=runs, seed=seed, grid=parse_grid(grid, lr, weight_decay),
                                 epochs=epochs, batch_size=batch_size, standardize=standardize, progress=True)
     result.update(data=data, test=test, label=key, provenance=_provenance(net, feature_cache))
@@ -158,21 +168,12 @@ def fewshot_command(
     import csv
     import io
 
-    from ..data.datasets import open_dataset
     from ..io import write_json_atomic, write_text_atomic
-    from ..tasks.features import AugmentSpec
-    from ..tasks.probe import labelled_subset, plot_curve, probe_data, run_fewshot
+    from ..tasks.probe import plot_curve, run_fewshot
 
-    key = "label" if label == "plane" else label
-    keep = classes.split(",") if classes else None
-    drop = exclude.split(",") if exclude else ()
-    net, feature_cache = _setup(model, cache, device, encode_batch, skip_bad)
-    spec = AugmentSpec(copies=augment, seed=seed) if augment else None
-    dataset = labelled_subset(open_dataset(data), key, keep, drop)
-    _, train_data = _fetch(feature_cache, dataset, lambda d: probe_data(feature_cache, d, key, spec))
-    test_data = None
-    if test:
-        _, test_data = _fetch(feature_cache, labelled_subset(open_dataset(test), key, keep, drop), lambda d: probe_data(feature_cache, d, key))
+    net, feature_cache, key, train_data, test_data = _labelled_inputs(
+        model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed
+    )
     result = run_fewshot(train_data, test_data, sizes=parse_ints(sizes, "--sizes"), support_sets=support_sets, runs=runs,
                          seed=seed, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
                          standardize=standardize, progress=True)

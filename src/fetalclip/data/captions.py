@@ -138,8 +138,12 @@ def view_key(name: str | None) -> str | None:
     return _VIEW_ALIASES.get(normal) or _VIEW_ALIASES.get(normal.replace("_", ""))
 
 
-def view_phrases(sample: dict[str, Any]) -> tuple[str, ...]:
-    """Phrasings for the most specific view the sample names: ``view``, then ``brain_plane``, then ``label``."""
+def sample_view(sample: dict[str, Any]) -> str:
+    """The most specific view a sample names: ``view``, then ``brain_plane``, then ``label``.
+
+    A known name comes back as its ``VIEW_PHRASES`` key, an unknown one as written; this is also the
+    retrieval target that training evaluation matches captions by.
+    """
     label = sample.get("label")
     for name in (sample.get("view"), sample.get("brain_plane"), label):
         if not name:
@@ -147,11 +151,15 @@ def view_phrases(sample: dict[str, Any]) -> tuple[str, ...]:
         key = view_key(name)
         if key == "other" and name is not label:
             continue  # an "other" sub-plane says less than the label (a brain image is still a brain image)
-        if key is not None:
-            return VIEW_PHRASES[key]
-        # An unknown name is still the best description available: use it as written.
-        return (str(name).replace("_", " "),)
-    return VIEW_PHRASES["other"]
+        return key or str(name)
+    return "other"
+
+
+def view_phrases(sample: dict[str, Any]) -> tuple[str, ...]:
+    """Phrasings for the most specific view the sample names (see ``sample_view``)."""
+    view = sample_view(sample)
+    # An unknown name is still the best description available: use it as written.
+    return VIEW_PHRASES.get(view) or (view.replace("_", " "),)
 
 
 def view_name(sample: dict[str, Any]) -> str:

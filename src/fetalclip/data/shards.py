@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FetalCLIPError, ImageReadError
-from ..io import atomic_path
+from ..io import atomic_path, json_default
 from .captions import CaptionFn, caption_ga_days, caption_sample
 from .frames import FrameSelection
 from .readers import as_uint8
@@ -112,15 +112,12 @@ def _json_safe(value: Any) -> Any:
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    return str(value)
+    try:
+        return json_default(value)
+    except TypeError:
+        return str(value)
 
 
 def sample_fields(sample: dict[str, Any], dataset: str) -> dict[str, Any]:

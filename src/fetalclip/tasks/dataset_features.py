@@ -3,9 +3,9 @@
 Zero-shot tasks need one pass over the images (embedding) and, for gestational age, the mm per pixel of each
 model input. That spacing comes from the model's own preprocessing (``preprocess.with_spacing``): ours pads to
 a square (``spacing * max(W, H) / 224``), an open_clip baseline may crop the shortest side instead, and each
-must be prompted with the spacing of what it actually sees. Decoding and preprocessing of
-the next batch run in a small thread pool while the current one is encoded (PIL releases the GIL), so the
-encoder is rarely idle; unreadable images stop the run with their name or, with ``skip_bad``, are listed.
+must be prompted with the spacing of what it actually sees. Decoding and preprocessing of the next batch
+run in threads while the current one is encoded (``batching.prefetched_batches``); unreadable images stop
+the run with their name or, with ``skip_bad``, are listed.
 
 With a ``FeatureCache`` (``cache=``) the embeddings come from that on-disk cache instead, so evaluations that
 share images (zero-shot, probes, embedding maps, reruns of a benchmark) encode each image once per model; the
@@ -23,6 +23,7 @@ import torch
 
 from ..errors import FetalCLIPError
 from ..models.model import FetalCLIP
+from .batching import prefetched_batches
 
 
 @dataclass
@@ -60,21 +61,14 @@ def embed_dataset(
     indices = list(range(len(dataset))) if indices is None else list(indices)
     if cache is not None:
         return _from_cache(model, cache, dataset, indices, skip_bad, num_threads)
-    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     chunks: list[torch.Tensor] = []
     kept: list[int] = []
     spacings: list[float | None] = []
     skipped: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool, tqdm(
-        total=len(indices), unit="img", desc=desc, disable=not progress
-    ) as bar:
-        pending = [pool.submit(_prepare, model, dataset, i) for i in batches[0]] if batches else []
-        for number, batch in enumerate(batches):
-            current = pending
-            pending = [pool.submit(_prepare, model, dataset, i) for i in batches[number + 1]] if number + 1 < len(batches) else []
+    with tqdm(total=len(indices), unit="img", desc=desc, disable=not progress) as bar:
+        for batch, results in prefetched_batches(indices, lambda i: _prepare(model, dataset, i), batch_size, num_threads):
             tensors = []
-            for index, future in zip(batch, current):
-                result = future.result()
+            for index, result in zip(batch, results):
                 if isinstance(result, FetalCLIPError):
                     if not skip_bad:
                         raise result

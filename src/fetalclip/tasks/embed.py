@@ -1,8 +1,7 @@
 """Batch image embedding: files in, L2-normalised embeddings out.
 
 Decoding and preprocessing of the next batch run in a small thread pool while the current batch is encoded
-(PIL releases the GIL while decoding and resizing), and at most two batches are in memory at once, so the
-cost stays bounded for any number of files. Bad files either stop the run with their name and reason or,
+(``batching.prefetched_batches``), so the cost stays bounded for any number of files. Bad files either stop the run with their name and reason or,
 with ``skip_bad``, are counted and listed.
 
 The image tower runs through ``models.accelerate``: ``mode="exact"`` (default) gives the plain open_clip
@@ -15,7 +14,6 @@ frame (clip-level work samples frames explicitly, see ``fetalclip probe clips``)
 from __future__ import annotations
 
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,6 +28,7 @@ from ..errors import FetalCLIPError, ImageReadError
 from ..models.accelerate import MODES, check_mode, image_encoder
 from ..models.fast_preprocess import FastPreprocessor
 from ..models.model import FetalCLIP
+from .batching import prefetched_batches
 
 __all__ = ["MODES", "EmbeddingResult", "embed_files", "embed_texts", "list_image_files"]
 
@@ -85,22 +84,13 @@ def embed_files(
     paths = [Path(p) for p in paths]
     encode = image_encoder(model, mode) if paths else None
     preprocess = FastPreprocessor(model.preprocess)
-    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     embeddings: list[np.ndarray] = []
     sources: list[str] = []
     skipped: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool, tqdm(
-        total=len(paths), unit="img", disable=not progress, desc="embed"
-    ) as bar:
-        def submit(batch: list[Path]) -> list[Future]:
-            return [pool.submit(_load, preprocess, path) for path in batch]
-
-        pending = submit(batches[0]) if batches else []
-        for index, batch in enumerate(batches):
-            current, pending = pending, (submit(batches[index + 1]) if index + 1 < len(batches) else [])
+    with tqdm(total=len(paths), unit="img", disable=not progress, desc="embed") as bar:
+        for batch, results in prefetched_batches(paths, lambda path: _load(preprocess, path), batch_size, num_threads):
             tensors = []
-            for path, future in zip(batch, current):
-                result = future.result()
+            for path, result in zip(batch, results):
                 if isinstance(result, ImageReadError):
                     if not skip_bad:
                         raise result

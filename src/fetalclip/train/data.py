@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data.captions import CaptionFn, caption_sample, template_caption, view_key
+from ..data.captions import CaptionFn, caption_sample, sample_view, template_caption
 from ..data.datasets import SampleDataset, open_dataset
 from ..errors import FetalCLIPError
 from ..models.preprocess import Preprocessor, pad_to_square, spacing_224, to_rgb_image
@@ -100,17 +100,8 @@ def caption_of(sample: dict[str, Any], caption_fn: CaptionFn, rng: np.random.Gen
 
 
 def view_of(sample_or_record: dict[str, Any]) -> str:
-    """The view a template caption names (the retrieval target), chosen as ``captions.view_phrases`` does:
-    ``view``, then ``brain_plane`` (unless "other"), then ``label``."""
-    label = sample_or_record.get("label")
-    for name in (sample_or_record.get("view"), sample_or_record.get("brain_plane"), label):
-        if not name:
-            continue
-        key = view_key(name)
-        if key == "other" and name is not label:
-            continue
-        return key or str(name)
-    return "other"
+    """The view a template caption names (the retrieval target)."""
+    return sample_view(sample_or_record)
 
 
 @dataclass(frozen=True)
