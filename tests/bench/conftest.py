@@ -87,3 +87,28 @@ def fake_run(task_names: list[str] | None = None) -> BenchmarkRun:
 def two_model_run() -> BenchmarkRun:
     """Fake results of every task for two models (the second better everywhere)."""
     return fake_run()
+
+
+@pytest.fixture(scope="session")
+def phantom_specs(tmp_path_factory) -> dict[str, str]:
+    """Dataset specs of small synthetic sets written once as PNG + manifest, one per benchmark data key.
+
+    Files rather than ``sim:`` specs: the feature cache then finds images by path instead of re-rendering
+    them to hash their pixels. Few patients keep the GA prompt bank (built per pixel spacing) small.
+    """
+    from fetalclip.sim.dataset import parse_sim_spec, write_phantom
+
+    root = tmp_path_factory.mktemp("phantoms")
+    sets = {
+        "planes": "36,size=96,per_patient=3",
+        "brain": "18,size=96,per_patient=3,classes=trans-thalamic+trans-cerebellum+trans-ventricular",
+        "seg": "20,size=96,per_patient=2,classes=brain",
+    }
+    specs = {}
+    for key, argument in sets.items():
+        n, config = parse_sim_spec(argument)
+        specs[key] = write_phantom(n, config, root / key)["spec"]
+    lines = (root / "seg" / "manifest.csv").read_text().splitlines()
+    (root / "seg" / "ga.csv").write_text("\n".join(lines[:7]) + "\n")  # six heads: six spacings x 175 days
+    specs["ga"] = f"csv:{root / 'seg' / 'ga.csv'}"
+    return specs

@@ -22,31 +22,74 @@ def planes(tmp_path):
     return tmp_path / "planes"
 
 
+# Options that keep each task on the phantom sets (``phantom_specs``) to a second or two.
+FAST = [
+    "probe-planes.folds=2", "probe-planes.epochs=3", "probe-brain.folds=2", "probe-brain.epochs=3",
+    "fewshot-planes.sizes=[1,2]", "fewshot-planes.support_sets=1", "fewshot-planes.epochs=3",
+    "segment-hc.size=32", "segment-hc.channels=[8,8,8,8,8]", "segment-hc.epochs=1", "embedding-map.max_images=24",
+    'zeroshot-ga.templates=["the fetal head at {weeks} weeks and {days} days, {spacing} mm per pixel"]',
+]
+
+
 @pytest.mark.slow
-def test_benchmark_two_models_then_rerun_reuses_everything(tmp_path, planes):
+def test_benchmark_two_models_on_every_task_then_rerun_reuses_everything(tmp_path, phantom_specs):
+    import re
+
     from fetalclip.models import create_model
 
     checkpoint = create_model("fetalclip-tiny", seed=1).save(tmp_path / "tiny-seed1")
     out = tmp_path / "bench"
-    args = ["benchmark", "--model", "random=fetalclip-tiny", "--model", str(checkpoint), "--data", f"planes=folder:{planes}",
-            "--tasks", "zeroshot-planes,zeroshot-ga,embedding-map,cams", "--cams-per-class", "1", "--out", str(out)]
+    args = ["benchmark", "--model", "random=fetalclip-tiny", "--model", str(checkpoint), "--out", str(out),
+            "--cams-per-class", "1", "--bootstrap", "100", "--threads", "1"]
+    for key, spec in phantom_specs.items():
+        args += ["--data", f"{key}={spec}"]
+    for option in FAST:
+        args += ["-O", option]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
-    assert "skip zeroshot-ga: no data: pass --data ga=SPEC" in first.output
-    assert "random / zeroshot-planes: skipped (zeroshot-planes: needs fetalclip.tasks.zeroshot (issue 5)" in first.output
-    assert "4 computed, 0 reused" in first.output
-    assert "| random |" in first.output and "| tiny-seed1 |" in first.output and "FetalCLIP *(published)* | 97.27" in first.output
+    assert "skip clips: no data: pass --data clips=SPEC" in first.output
+    assert "20 computed, 0 reused" in first.output and "failed" not in first.output
     for name in ("results.json", "results.csv", "results.md", "report.html"):
         assert (out / name).is_file()
     document = json.loads((out / "results.json").read_text())
     assert [m["label"] for m in document["models"]] == ["random", "tiny-seed1"]
     assert document["models"][0]["sha256"] != document["models"][1]["sha256"]
-    assert {(r["model"], r["task"]) for r in document["results"]} == {
-        (m, t) for m in ("random", "tiny-seed1") for t in ("embedding-map", "cams")}
+    assert all(r["status"] == "done" for r in document["results"]) and len(document["results"]) == 20
+    probe = next(r for r in document["results"] if r["task"] == "probe-planes")
+    assert probe["options"]["folds"] == 2 and probe["options"]["runs"] == 1  # given, and the CPU default
+    table = (out / "results.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| model |"))
+    assert header.count("|") == 10  # model + 8 columns (clips has no data)
+    row = next(line for line in table.splitlines() if line.startswith("| random |"))
+    cells = [cell.strip() for cell in row.split("|")[2:-1]]
+    # Every primary metric is there; HC error may not be: a one-epoch decoder often segments no head to fit.
+    assert all(cell != "—" and cell != "failed" for cell in cells[:-1]) and "failed" not in cells[-1]
+    assert "FetalCLIP *(published)* | 97.27 | 70.15 | 83.42 | 94.73 | 82.01" in table
+    page = (out / "report.html").read_text()
+    for section in ("Gestational age against the WHO growth chart", "Confusion matrices", "Few-shot curves",
+                    "Image embeddings", "Class-activation maps"):
+        assert f"<h2>{section}</h2>" in page
+    # GA scatter x2, confusion x8 (zero-shot and probe, planes and brain), one few-shot plot, maps x2, CAMs x2
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 15
 
     second = CliRunner().invoke(app, args)
     assert second.exit_code == 0, second.output
-    assert "0 computed, 4 reused" in second.output
+    assert "0 computed, 20 reused" in second.output
+    third = CliRunner().invoke(app, args + ["-O", "probe-planes.epochs=4"])  # one option changed: one task recomputed
+    assert third.exit_code == 0, third.output
+    assert "2 computed, 18 reused" in third.output
+
+
+def test_benchmark_rejects_unknown_task_options(tmp_path, planes, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark", "--model", "fetalclip-tiny", "--data", f"planes=folder:{planes}", "--out", str(tmp_path / "o"),
+              "-O", "probe-planes.rnus=5"])
+    assert exit_info.value.code == 2
+    assert "task probe-planes: unknown option(s) rnus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--model", "fetalclip-tiny", "--out", str(tmp_path / "o"), "-O", "probe-planes:runs=5"])
+    assert "expected TASK.NAME=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.json").exists()
 
 
 def test_benchmark_without_baseline_weights_fails_clearly(tmp_path, planes, capsys):

@@ -68,13 +68,8 @@ def test_registry_has_the_published_tasks_with_their_options(tmp_path, tiny_mode
 
 
 @pytest.fixture(scope="module")
-def sim_sets():
-    # Few patients (so few distinct pixel spacings: the GA prompt bank is built per spacing) and small images.
-    return {
-        "planes": open_dataset("sim:36,size=96,per_patient=3"),
-        "brain": open_dataset("sim:18,size=96,per_patient=3,classes=trans-thalamic+trans-cerebellum+trans-ventricular"),
-        "heads": open_dataset("sim:20,size=96,per_patient=2,classes=brain"),
-    }
+def sim_sets(phantom_specs):
+    return {key: open_dataset(spec) for key, spec in phantom_specs.items()}
 
 
 def test_connected_tasks_share_one_feature_cache(tmp_path, tiny_model, sim_sets, monkeypatch):
@@ -109,7 +104,7 @@ def test_connected_tasks_share_one_feature_cache(tmp_path, tiny_model, sim_sets,
     assert registry.get("embedding-map").fn(tiny_model, planes, context)["details"]["method"] == "pca"
     assert cache.encoded == len(planes)  # nothing re-encoded
 
-    ga = registry.get("zeroshot-ga").fn(tiny_model, sim_sets["heads"].subset(range(6)), context)  # 6 spacings x 175 days
+    ga = registry.get("zeroshot-ga").fn(tiny_model, sim_sets["ga"], context)
     scatter = ga["figures"]["ga_scatter"]
     assert len(scatter["pred_ga_days"]) == len(scatter["true_hc_mm"]) == ga["metrics"]["vpr"]["n"] == ga["details"]["n_evaluated"]
     assert all(100 <= hc <= 342 for hc in scatter["true_hc_mm"]) and all(98 <= d <= 272 for d in scatter["pred_ga_days"])
@@ -119,8 +114,8 @@ def test_connected_tasks_share_one_feature_cache(tmp_path, tiny_model, sim_sets,
     trainings = []
     real = segmentation.run_segmentation
     monkeypatch.setattr(segmentation, "run_segmentation", lambda *a, **k: trainings.append(1) or real(*a, **k))
-    segment = registry.get("segment-hc").fn(tiny_model, sim_sets["heads"], context)
-    biometry = registry.get("biometry-hc").fn(tiny_model, sim_sets["heads"], context)
+    segment = registry.get("segment-hc").fn(tiny_model, sim_sets["seg"], context)
+    biometry = registry.get("biometry-hc").fn(tiny_model, sim_sets["seg"], context)
     assert len(trainings) == 1  # biometry measured with segment-hc's decoder, kept under the cache folder
     assert segment["metrics"]["dice"]["n"] == biometry["details"]["n"] and biometry["metrics"]["hc_mean_abs_diff_mm"]["unit"] == "mm"
 

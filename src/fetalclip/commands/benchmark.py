@@ -89,23 +89,27 @@ def benchmark_command(
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
     cams = {key: value for key, value in (("method", cam_method), ("per_class", cams_per_class)) if value is not None}
     options = _merge(base, {"cams": cams} if cams else {}, parse_task_options(task_option))
-    if threads:
-        import torch
+    import torch
 
+    previous_threads = torch.get_num_threads()
+    if threads:
         torch.set_num_threads(threads)
-    run = run_benchmark(
-        parse_model_args(models),
-        parse_data_args(data),
-        out,
-        names,
-        seed=seed,
-        device=device,
-        n_bootstrap=n_bootstrap,
-        options=options,
-        registry=registry,
-        fresh=fresh,
-        echo=typer.echo,
-    )
+    try:
+        run = run_benchmark(
+            parse_model_args(models),
+            parse_data_args(data),
+            out,
+            names,
+            seed=seed,
+            device=device,
+            n_bootstrap=n_bootstrap,
+            options=options,
+            registry=registry,
+            fresh=fresh,
+            echo=typer.echo,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)  # in-process callers (tests, the demo) keep their setting
     paths = write_report(run, out)
     typer.echo("")
     typer.echo(markdown_table(run))
