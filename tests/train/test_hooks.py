@@ -28,3 +28,44 @@ def test_perfect_and_shuffled_features():
     assert perfect["i2t_view_r1_chance"] == pytest.approx(4 / 12)
     swapped = retrieval_metrics(features, features.roll(1, dims=0), views, ks=(1,))
     assert swapped["i2t_r1"] == 0.0 and swapped["i2t_view_r1"] == 0.0  # each image's best caption is a neighbour's
+
+
+def _count_factory(config):
+    """An ``eval_hooks`` factory for the test below: a hook reporting the step and the recipe's seed."""
+    return lambda model, step: {"custom/step": float(step), "custom/seed": float(config.seed)}
+
+
+def test_zero_shot_and_custom_hooks_from_the_recipe_land_in_the_eval_log(tmp_path, pairs_spec):
+    from fetalclip.train import train
+    from fetalclip.train.runlog import read_log
+
+    from .conftest import small_config
+
+    heads = "sim:4,size=64,per_patient=1,classes=brain"  # four heads: four pixel spacings for the GA prompts
+    config = small_config([pairs_spec], steps=4, eval_every=2, eval_max_samples=6, zeroshot_planes=pairs_spec,
+                          zeroshot_brain="sim:6,size=64,classes=trans-thalamic+trans-ventricular", zeroshot_ga=heads,
+                          eval_hooks=["tests.train.test_hooks:_count_factory"])
+    result = train(config, tmp_path / "run")
+    rows = read_log(tmp_path / "run" / "eval_log.csv")
+    assert {r["step"] for r in rows} == {"2", "4"}
+    at_end = {r["metric"]: float(r["value"]) for r in rows if r["step"] == "4"}
+    assert at_end["zeroshot/planes/n"] == 6 and 0 <= at_end["zeroshot/planes/f1"] <= 100  # eval_max_samples images
+    assert at_end["zeroshot/brain/n"] == 6 and "zeroshot/brain/f1_ci_low" not in at_end  # no bootstrap in training
+    assert at_end["zeroshot/ga/n"] == 4 and 0 <= at_end["zeroshot/ga/vpr"] <= 100
+    assert at_end["custom/step"] == 4 and result.eval["custom/seed"] == 0
+
+
+def test_configured_hooks_fail_before_training(tmp_path, pairs_spec):
+    from fetalclip.errors import FetalCLIPError
+    from fetalclip.train.hooks import configured_hooks
+
+    from .conftest import small_config
+
+    with pytest.raises(FetalCLIPError, match="is not a folder|not found"):
+        configured_hooks(small_config([pairs_spec], zeroshot_planes=f"fpdb:{tmp_path / 'missing'}"))
+    with pytest.raises(FetalCLIPError, match="no image has a pixel spacing and HC"):
+        configured_hooks(small_config([pairs_spec], zeroshot_ga=pairs_spec))  # spacing but no HC
+    with pytest.raises(FetalCLIPError, match="expected 'package.module:factory'"):
+        configured_hooks(small_config([pairs_spec], eval_hooks=["no_colon"]))
+    with pytest.raises(FetalCLIPError, match="cannot import"):
+        configured_hooks(small_config([pairs_spec], eval_hooks=["fetalclip.nothing:here"]))

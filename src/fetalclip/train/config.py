@@ -71,7 +71,11 @@ class TrainConfig:
     # -- observability -------------------------------------------------------------------------------------
     log_every: int = 1
     eval_every: int = 0  # steps between evaluation hooks; 0 = only at the end (when there are hooks)
-    eval_max_samples: int = 512
+    eval_max_samples: int = 512  # images per evaluation (held-out retrieval pairs, each zero-shot dataset)
+    zeroshot_planes: str | None = None  # dataset spec (e.g. "fpdb:DIR"): zero-shot plane F1 at every evaluation
+    zeroshot_brain: str | None = None  # dataset spec: zero-shot brain sub-plane F1
+    zeroshot_ga: str | None = None  # dataset spec with spacing and HC (e.g. "hc18:DIR"): zero-shot GA VPR
+    eval_hooks: list[str] = field(default_factory=list)  # "package.module:factory", factory(config) -> hook
     tensorboard: bool = False
     progress: bool = True
 

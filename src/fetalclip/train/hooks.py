@@ -3,7 +3,10 @@
 The loop passes the bare ``FetalCLIP`` model in eval mode under ``torch.no_grad`` and logs whatever comes back
 (names like ``retrieval/i2t_view_r5``, as big_vision's evaluators name theirs), so zero-shot evaluators can
 be plugged in without the loop knowing them. :class:`RetrievalHook` is the built-in one: image-text
-retrieval on held-out pairs.
+retrieval on held-out pairs. :class:`ZeroShotHook` runs the zero-shot tasks (planes, brain sub-planes,
+gestational age) on a dataset named in the recipe (``zeroshot_planes = "fpdb:DIR"``, ...), without bootstrap
+intervals; ``eval_hooks = ["module:factory"]`` adds any other hook, built as ``factory(config)``. The
+zero-shot code belongs to ``fetalclip.tasks`` and is imported only when such a hook is configured.
 
 Retrieval is scored at two levels. *Pair* recall@k asks for an image's own caption among the top k of all
 held-out captions; since template captions of one view differ only in age and spacing, it is a hard target.
@@ -14,12 +17,14 @@ averaged over views, because one abundant view (every HC18 image is a head) woul
 
 from __future__ import annotations
 
+import importlib
 from math import comb
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..errors import FetalCLIPError
 from .data import HeldOutPair
 
 EvalHook = Callable[[torch.nn.Module, int], dict[str, float]]
@@ -78,3 +83,80 @@ class RetrievalHook:
         metrics = retrieval_metrics(torch.cat(image_chunks), torch.cat(text_chunks), [p.view for p in self.pairs], self.ks)
         metrics["n"] = float(len(self.pairs))
         return {f"{self.prefix}/{name}": value for name, value in metrics.items()}
+
+
+# -- zero-shot evaluation during training ------------------------------------------------------------------------
+ZEROSHOT_TASKS = ("planes", "brain", "ga")
+
+
+class ZeroShotHook:
+    """Zero-shot planes / brain sub-planes (``zeroshot/<task>/f1`` ...) or GA (``zeroshot/ga/vpr`` ...), in percent.
+
+    The dataset is opened once, when the hook is built (a wrong path fails before training starts), and cut
+    to ``max_samples`` images drawn once with ``seed``, so every evaluation of a run scores the same images.
+    """
+
+    def __init__(self, task: str, spec: str, max_samples: int | None = 512, seed: int = 0, batch_size: int = 64):
+        from ..data.datasets import open_dataset
+
+        if task not in ZEROSHOT_TASKS:
+            raise ValueError(f"unknown zero-shot task {task!r}; use one of {ZEROSHOT_TASKS}")
+        dataset = open_dataset(spec)
+        keep = self._eligible(task, dataset)
+        if not keep:
+            what = {"planes": "a plane label", "brain": "a brain sub-plane label", "ga": "a pixel spacing and HC"}[task]
+            raise FetalCLIPError(f"zeroshot_{task} = {spec!r}: no image has {what}")
+        if max_samples and len(keep) > max_samples:
+            keep = sorted(np.random.default_rng([seed, 7]).choice(keep, size=max_samples, replace=False).tolist())
+        self.task, self.spec, self.batch_size = task, spec, batch_size
+        self.dataset = dataset.subset(keep)
+
+    @staticmethod
+    def _eligible(task: str, dataset) -> list[int]:
+        if task == "ga":
+            return [i for i, r in enumerate(dataset.records) if r.get("pixel_spacing_mm") is not None and r.get("hc_mm") is not None]
+        from ..tasks.zeroshot import record_target
+
+        return [i for i, r in enumerate(dataset.records) if record_target(r, task) not in (None, "other")]
+
+    def __call__(self, model, step: int) -> dict[str, float]:
+        if self.task == "ga":
+            from ..tasks.gestational_age import evaluate_ga
+
+            return evaluate_ga(model, self.dataset, n_bootstrap=0, batch_size=self.batch_size)
+        from ..tasks.zeroshot import evaluate_planes
+
+        return evaluate_planes(model, self.dataset, task=self.task, n_bootstrap=0, batch_size=self.batch_size)
+
+
+def load_hook_factory(reference: str) -> Callable[[Any], EvalHook]:
+    """``package.module:factory`` -> the factory (called with the training config, it returns a hook)."""
+    module_name, sep, attribute = reference.partition(":")
+    if not sep or not module_name or not attribute:
+        raise FetalCLIPError(f"eval_hooks entry {reference!r}: expected 'package.module:factory'")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise FetalCLIPError(f"eval_hooks entry {reference!r}: cannot import it ({exc})") from exc
+    if not callable(factory):
+        raise FetalCLIPError(f"eval_hooks entry {reference!r} is not callable")
+    return factory
+
+
+def configured_hooks(config) -> list[EvalHook]:
+    """The evaluation hooks a training config asks for: zero-shot datasets, then ``eval_hooks`` factories."""
+    hooks: list[EvalHook] = []
+    for task in ZEROSHOT_TASKS:
+        spec = getattr(config, f"zeroshot_{task}")
+        if spec:
+            hooks.append(ZeroShotHook(task, spec, config.eval_max_samples, config.seed))
+    for reference in config.eval_hooks:
+        hook = load_hook_factory(reference)(config)
+        if not callable(hook):
+            raise FetalCLIPError(f"eval_hooks entry {reference!r}: the factory returned {type(hook).__name__}, not a hook")
+        hooks.append(hook)
+    return hooks
+
+
+def has_configured_hooks(config) -> bool:
+    return any(getattr(config, f"zeroshot_{task}") for task in ZEROSHOT_TASKS) or bool(config.eval_hooks)

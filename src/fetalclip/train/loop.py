@@ -36,7 +36,7 @@ from .checkpointing import list_checkpoints, load_latest_checkpoint, rng_state, 
 from .config import TrainConfig, trajectory_differences
 from .data import Augmentation, PairDataset, StepBatchSampler, held_out_pairs, make_loader, open_sources, resolve_caption_fn, split_by_patient
 from .distributed import DistContext, barrier, broadcast_object, gather_objects, init_distributed, mean_across, shutdown_distributed
-from .hooks import EvalHook, RetrievalHook
+from .hooks import EvalHook, RetrievalHook, configured_hooks, has_configured_hooks
 from .modeling import build_model
 from .optim import build_optimizer
 from .runlog import RunLog
@@ -146,6 +146,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
     sources = open_sources(config.data)
     train_items, holdout_items = split_by_patient(sources, config.holdout_fraction, config.seed)
     caption_fn = resolve_caption_fn(config.caption_fn)
+    # Configured evaluations open their datasets now, so a wrong path fails before the model is built.
+    config_hooks = configured_hooks(config) if ctx.is_main else []
 
     random.seed(config.seed + ctx.rank)
     np.random.seed(config.seed + ctx.rank)
@@ -190,7 +192,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
     sampler = StepBatchSampler(micro_batch, config.accum_steps, ctx.rank, ctx.world_size, start_step, config.steps)
     loader = make_loader(dataset, sampler, config.workers, device)
     builtin = builtin_hooks and len(holdout_items) >= 2
-    evaluating = bool(hooks) or builtin  # the same on every process: evaluation ends in a collective
+    # The same on every process: evaluation ends in a collective.
+    evaluating = bool(hooks) or builtin or has_configured_hooks(config)
+    hooks = config_hooks + hooks
     if ctx.is_main and builtin:
         hooks = [RetrievalHook(held_out_pairs(sources, holdout_items, config.seed, caption_fn, config.eval_max_samples))] + hooks
 
