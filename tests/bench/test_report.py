@@ -54,6 +54,11 @@ def test_writes_all_four_outputs_with_provenance(tmp_path, two_model_run):
     failed = next(r for r in rows if r["task"] == "zeroshot-brain")
     assert failed["status"] == "failed" and failed["metric"] == ""
 
+    markdown = (tmp_path / "results.md").read_text()  # every metric of every task below the table
+    details = markdown[markdown.index("## All metrics"):markdown.index("## Models")]
+    assert "### HC abs. error (`biometry-hc`)" in details and "| tiny-trained | 3.60 [2.60, 4.60] |" in details
+    assert "zeroshot-brain" not in details  # failed everywhere: nothing to list
+
 
 def test_markdown_table_bolds_best_per_column_and_marks_published_rows(two_model_run):
     table = markdown_table(two_model_run).splitlines()

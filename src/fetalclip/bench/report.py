@@ -152,6 +152,32 @@ def markdown_table(run: BenchmarkRun) -> str:
     return "\n".join(lines)
 
 
+def markdown_metrics(run: BenchmarkRun) -> list[str]:
+    """Per task, every metric of every model (the table shows only the primary one): one small table each."""
+    index = _entry_index(run)
+    lines: list[str] = []
+    for spec in table_specs(run):
+        entries = [(ref.label, index.get((ref.label, spec.name))) for ref in run.models]
+        entries = [(label, entry) for label, entry in entries if entry and entry.get("status") == "done" and entry.get("metrics")]
+        if not entries:
+            continue
+        names: list[str] = []
+        for _, entry in entries:
+            names += [name for name in entry["metrics"] if name not in names]
+        units = {name: next(e["metrics"][name].get("unit") for _, e in entries if name in e["metrics"]) for name in names}
+        lines += ["", f"### {spec.title} (`{spec.name}`)", "",
+                  "| model | " + " | ".join(f"{name} ({units[name]})" if units[name] else name for name in names) + " |",
+                  "|---|" + "---:|" * len(names)]
+        for label, entry in entries:
+            cells = []
+            for name in names:
+                value = entry["metrics"].get(name)
+                number, ci = _cell_text(value if value and value.get("value") is not None else None, entry)
+                cells.append(f"{number} {ci}".strip())
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_report(run: BenchmarkRun) -> str:
     provenance = run.provenance
     parts = [
@@ -165,6 +191,9 @@ def markdown_report(run: BenchmarkRun) -> str:
         "## Models",
         "",
     ]
+    details = markdown_metrics(run)
+    if details:
+        parts = parts[:-2] + ["## All metrics", *details, "", "## Models", ""]
     parts += [f"- `{ref.label}`: `{ref.spec}` (weights sha256 `{provenance['models'][ref.label]['sha256'][:16]}…`)" for ref in run.models]
     parts += ["", "## Data", ""]
     parts += [f"- `{key}`: `{info['spec']}`, {info['n']} images (manifest sha256 `{info['manifest_sha256'][:16]}…`)"
@@ -331,6 +360,7 @@ __all__ = [
     "PUBLISHED_SOURCE",
     "best_rows",
     "html_report",
+    "markdown_metrics",
     "markdown_report",
     "markdown_table",
     "results_document",
