@@ -112,3 +112,15 @@ def phantom_specs(tmp_path_factory) -> dict[str, str]:
     (root / "seg" / "ga.csv").write_text("\n".join(lines[:7]) + "\n")  # six heads: six spacings x 175 days
     specs["ga"] = f"csv:{root / 'seg' / 'ga.csv'}"
     return specs
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as in the training tests: on the shared 2-core machine two OpenMP threads competing
+    with other work make the benchmark tasks several times slower (measured 4 s -> 20 s); results do not change."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -91,7 +91,7 @@ def fpdb_manifest(fpdb_dir, tmp_path):
     return path
 
 
-def test_predictions_on_real_images_with_and_without_distractors(tiny_model, fpdb_manifest):
+def test_predictions_on_real_images_with_and_without_distractors(tiny_model, fpdb_manifest, tmp_path):
     dataset = open_dataset(f"csv:{fpdb_manifest}")
     with_distractors = predict(tiny_model, dataset, "planes")
     assert with_distractors.classnames == [*PLANES, *DISTRACTORS]
@@ -102,7 +102,14 @@ def test_predictions_on_real_images_with_and_without_distractors(tiny_model, fpd
     # Same images, same class embeddings: the offered columns are a subset.
     columns = [with_distractors.classnames.index(c) for c in without.classnames]
     np.testing.assert_allclose(without.logits, with_distractors.logits[:, columns], atol=1e-4)
-    metrics = evaluate_planes(tiny_model, dataset, n_bootstrap=50)
+    # Through the feature cache: the same logits, and "Other" is left out before anything is encoded.
+    from fetalclip.tasks.features import FeatureCache
+
+    cache = FeatureCache(tiny_model, tmp_path / "cache")
+    cached = predict(tiny_model, dataset, "planes", cache=cache)
+    assert cache.encoded == 6 and cached.sources == with_distractors.sources and cached.y_true == with_distractors.y_true
+    np.testing.assert_allclose(cached.logits, with_distractors.logits, atol=1e-3)
+    metrics = evaluate_planes(tiny_model, dataset, n_bootstrap=50, cache=FeatureCache(tiny_model, tmp_path / "cache"))
     assert set(k for k in metrics if k.startswith("zeroshot/planes/f1/")) == {
         "zeroshot/planes/f1/brain", "zeroshot/planes/f1/femur", "zeroshot/planes/f1/cervix"
     }
@@ -115,17 +122,3 @@ def test_a_label_without_prompts_is_an_error_listing_the_known_ones(tiny_model, 
     with pytest.raises(FetalCLIPError, match=r"'Fetal kneecap'.*known labels: abdomen, brain, femur, thorax, cervix"):
         predict(tiny_model, open_dataset(f"csv:{fpdb_manifest}"), "planes")
 
-
-def test_predictions_through_the_feature_cache_equal_direct_ones(tiny_model, fpdb_manifest, tmp_path):
-    from fetalclip.tasks.features import FeatureCache
-
-    dataset = open_dataset(f"csv:{fpdb_manifest}")
-    direct = predict(tiny_model, dataset, "planes")
-    cache = FeatureCache(tiny_model, tmp_path / "cache")
-    cached = predict(tiny_model, dataset, "planes", cache=cache)
-    assert cache.encoded == 6  # "Other" is left out before anything is encoded
-    assert cached.sources == direct.sources and cached.y_true == direct.y_true
-    np.testing.assert_allclose(cached.logits, direct.logits, atol=1e-3)
-    again = FeatureCache(tiny_model, tmp_path / "cache")
-    predict(tiny_model, dataset, "planes", cache=again, distractors=False)
-    assert again.encoded == 0

@@ -62,7 +62,7 @@ class TaskContext:
     progress: bool = True
     model_label: str = "model"
     options: dict[str, Any] = field(default_factory=dict)  # task-specific settings (e.g. {"cams": {"per_class": 2}})
-    data_sha256: str | None = None  # manifest checksum of the task's dataset (keys work kept across tasks)
+    data_sha256: str | None = None  # manifest checksum of the task's dataset (keys what tasks keep, e.g. a decoder)
 
 
 TaskFn = Callable[[Any, Any, TaskContext], TaskOutput]
@@ -89,12 +89,17 @@ class TaskSpec:
 
     def resolve_options(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """The task's defaults overridden by ``given``; an unknown option name is an error naming the known ones."""
-        given = dict(given or {})
-        unknown = sorted(set(given) - set(self.defaults))
-        if unknown and self.defaults:  # a task declaring no options gets whatever it is given
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise FetalCLIPError(f"task {self.options_key}: unknown option(s) {', '.join(unknown)}; known: {known}")
-        return {**self.defaults, **given}
+        return resolve_options(self.options_key, self.defaults, given)
+
+
+def resolve_options(task: str, defaults: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``defaults`` overridden by ``given``; names outside ``defaults`` are errors (a task declaring no options
+    gets whatever it is given)."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown and defaults:
+        raise FetalCLIPError(f"task {task}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+    return {**defaults, **given}
 
 
 class TaskRegistry:
@@ -178,12 +183,7 @@ def protocol_options(protocol: str = "cpu") -> dict[str, dict[str, Any]]:
 
 def task_options(context: "TaskContext", name: str) -> dict[str, Any]:
     """Options of task ``name``: its defaults overridden by ``context.options[name]`` (unknown names are errors)."""
-    defaults = TASK_OPTIONS.get(name, {})
-    given = dict(context.options.get(name) or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise FetalCLIPError(f"task {name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults)) or 'none'}")
-    return {**defaults, **given}
+    return resolve_options(name, TASK_OPTIONS.get(name, {}), context.options.get(name))
 
 
 _CACHES: "weakref.WeakKeyDictionary[Any, dict[Path, Any]]" = weakref.WeakKeyDictionary()
@@ -521,8 +521,11 @@ def _segmenter(model, dataset, context: TaskContext) -> dict[str, Any]:
         sample_mask(dataset[0])  # one image tells whether the data has masks, before every image is encoded
     except FetalCLIPError as exc:
         raise TaskUnavailable(f"segment-hc: {exc}") from None
+    blocks = getattr(getattr(model.clip.visual, "transformer", None), "resblocks", None)
+    if blocks is None:  # e.g. a timm tower inside an open_clip baseline
+        raise TaskUnavailable(f"segment-hc: {model.name} has no open_clip ViT blocks to tap")
     cache = feature_cache(model, context)
-    n_layers = len(model.clip.visual.transformer.resblocks)
+    n_layers = len(blocks)
     taps = list(options["taps"]) if options["taps"] else default_taps(n_layers)
     key_source = {"encoder": cache.fingerprint, "data": context.data_sha256 or _sources_digest(dataset),
                   "options": options, "taps": taps, "seed": context.seed}
