@@ -186,3 +186,47 @@ def video_writer():
 @pytest.fixture
 def phi() -> dict[str, str]:
     return dict(PHI)
+
+
+# -- headless Chromium ---------------------------------------------------------------------------------------
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture
+def render_in_chromium(tmp_path):
+    """``render(html_path) -> (body attributes after scripts ran, console lines, screenshot as a grey array)``.
+
+    Skips without Chromium, fails instead where ``FETALCLIP_REQUIRE_CHROMIUM`` is set (CI installs Debian's).
+    """
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        message = "chromium not installed (Debian: apt-get install -y chromium)"
+        if os.environ.get("FETALCLIP_REQUIRE_CHROMIUM"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+    def render(page: Path) -> tuple[str, list[str], np.ndarray]:
+        profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
+        common = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]
+        dom = subprocess.run([*common, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                             capture_output=True, text=True, timeout=120)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+        body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+        screenshot = Path(profile) / "shot.png"
+        shot = subprocess.run([*common, f"--screenshot={screenshot}", "--window-size=1280,2400", page.as_uri()],
+                              capture_output=True, text=True, timeout=120)
+        assert shot.returncode == 0 and screenshot.is_file(), shot.stderr[-2000:]
+        return body, console, np.asarray(Image.open(screenshot).convert("L"))
+
+    return render

@@ -6,27 +6,13 @@ import base64
 import csv
 import io
 import json
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fetalclip.bench.report import markdown_table, write_report
-
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
 
 def _inline_pngs(page: str) -> list[np.ndarray]:
     encoded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
@@ -89,27 +75,9 @@ def test_html_is_self_contained_and_its_figures_are_not_blank(tmp_path, two_mode
     assert "tiny-trained" in page and "FetalCLIP (published)" in page
 
 
-def test_report_renders_in_headless_chromium_without_console_errors(tmp_path, two_model_run):
-    browser = _chromium()
-    if browser is None:
-        message = "chromium not installed (Debian: apt-get install -y chromium)"
-        if os.environ.get("FETALCLIP_REQUIRE_CHROMIUM"):
-            pytest.fail(message)
-        pytest.skip(message)
+def test_report_renders_in_headless_chromium_without_console_errors(tmp_path, two_model_run, render_in_chromium):
     report = write_report(two_model_run, tmp_path)["report.html"]
-    profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
-    common = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]
-    dom = subprocess.run([*common, "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+    body, console, pixels = render_in_chromium(report)
     assert console == [], console
-    body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
     assert 'data-images="9"' in body and 'data-broken-images="0"' in body, body
-
-    screenshot = tmp_path / "shot.png"
-    shot = subprocess.run([*common, f"--screenshot={screenshot}", "--window-size=1280,2400", report.as_uri()],
-                          capture_output=True, text=True, timeout=120)
-    assert shot.returncode == 0 and screenshot.is_file(), shot.stderr[-2000:]
-    pixels = np.asarray(Image.open(screenshot).convert("L"))
     assert pixels.std() > 10  # the page drew a table and figures, not a blank or error page

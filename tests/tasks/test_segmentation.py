@@ -178,3 +178,25 @@ def test_segment_and_biometry_cli_end_to_end(tmp_path, capsys):
     assert {row["patient"] for row in result["rows"]} <= test_patients
     assert {"hc_mean_abs_diff_mm", "hc_mean_diff_mm", "dice", "hausdorff_mm", "rows"} <= set(result)
     assert "head biometry" in capsys.readouterr().out
+
+
+def test_merge_labels_segments_the_whole_head(tmp_path, tiny_model, one_thread):
+    """Masks that label structures inside the head (the phantom's) become one head class on request."""
+    from fetalclip.data.datasets import open_dataset
+    from fetalclip.tasks.features import FeatureCache
+
+    manifest = write_synthetic_heads(tmp_path, count=4)
+    for i in range(4):  # an inner structure with a label of its own, as the phantom draws thalami
+        path = tmp_path / "img" / f"{i}_mask.png"
+        mask = (np.asarray(Image.open(path)) > 0).astype(np.uint8)
+        rows, cols = np.nonzero(mask)
+        mask[rows.mean().astype(int) - 2 : rows.mean().astype(int) + 2, cols.mean().astype(int) - 3 : cols.mean().astype(int) + 3] = 2
+        Image.fromarray(mask).save(path)
+    dataset = open_dataset(f"csv:{manifest}")
+    cache = FeatureCache(tiny_model, tmp_path / "cache")
+    labelled, originals = segmentation_data(cache, dataset, size=64)
+    merged, merged_originals = segmentation_data(cache, dataset, size=64, merge_labels=True)
+    assert labelled.n_classes == 3 and merged.n_classes == 2
+    for original, head in zip(originals, merged_originals):
+        assert set(np.unique(original)) == {0, 1, 2}
+        np.testing.assert_array_equal(head, (original > 0).astype(np.uint8))

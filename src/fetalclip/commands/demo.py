@@ -1,4 +1,4 @@
-"""``fetalclip demo``: a first look at the system on a synthetic image (the full demo replaces this)."""
+"""``fetalclip demo``: the whole system on a fresh machine, no data or weights needed (see ``fetalclip.demo``)."""
 
 from __future__ import annotations
 
@@ -6,45 +6,51 @@ from pathlib import Path
 
 import typer
 
-
-def _synthetic_head(size: int = 256, seed: int = 0):
-    """A crude fan-shaped scan with a bright elliptical skull, enough to exercise the embedding path."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    angle = np.arctan2(xx - size / 2, yy + size * 0.1)
-    radius = np.hypot(xx - size / 2, yy + size * 0.1)
-    fan = (np.abs(angle) < 0.6) & (radius < size * 1.05)
-    speckle = rng.rayleigh(0.25, (size, size))
-    ring = np.abs(np.hypot((xx - size / 2) / 70, (yy - size * 0.55) / 55) - 1.0) < 0.06
-    image = (speckle * 0.5 + ring * 0.9) * fan
-    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+from ..demo import DEFAULT_MINUTES
 
 
 def demo_command(
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo outputs."),
-    model: str = typer.Option("fetalclip-tiny", "--model", "-m"),
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the phantom data, the run and the report."),
+    minutes: float = typer.Option(DEFAULT_MINUTES, "--minutes", help="Time budget on 2 CPU cores; pretraining gets about 2/3."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)."),
+    check: bool = typer.Option(True, "--check/--no-check",
+                               help="Exit with status 1 unless the pretrained model beats random init on every task."),
 ) -> None:
-    """Embed a synthetic scan and rank a few prompts against it."""
+    """Render a phantom, pretrain fetalclip-tiny on it, benchmark it against its random init, write report.html."""
     import torch
-    from PIL import Image
 
-    from ..models import load
+    from ..demo import PRETRAINED_LABEL, RANDOM_LABEL, plan_demo, run_demo
 
-    out.mkdir(parents=True, exist_ok=True)
-    image_path = out / "synthetic_head.png"
-    Image.fromarray(_synthetic_head()).save(image_path)
-    net = load(model)
-    prompts = ["ultrasound of the fetal head", "ultrasound of the fetal abdomen", "ultrasound of the fetal femur"]
-    with torch.inference_mode():
-        image_features = net.encode_image([Image.open(image_path)], normalize=True)
-        text_features = net.encode_text(prompts, normalize=True)
-    scores = (100 * image_features @ text_features.T).softmax(dim=-1)[0]
-    typer.echo(f"model {net.name} ({sum(p.numel() for p in net.parameters()) / 1e6:.1f}M parameters), image {image_path}")
-    for prompt, score in sorted(zip(prompts, scores.tolist()), key=lambda item: -item[1]):
-        typer.echo(f"  {score:6.3f}  {prompt}")
-    typer.echo("(random weights: scores are meaningless until a model is trained; see `fetalclip train`)")
+    plan = plan_demo(minutes, seed=seed)
+    if threads:
+        torch.set_num_threads(threads)
+    typer.echo(
+        f"demo plan ({minutes:g} min budget): {plan.train_images + plan.train_head_images} training images, "
+        f"{plan.steps} pretraining steps; "
+        f"held-out sets of {plan.planes_images} plane images and {plan.head_images} head images"
+    )
+    result = run_demo(out, plan=plan, echo=typer.echo)
+    typer.echo("")
+    typer.echo(result.table)
+    typer.echo("")
+    width = max(len(c.task) for c in result.comparisons) if result.comparisons else 10
+    for c in result.comparisons:
+        arrow = "higher" if c.higher_is_better else "lower"
+        verdict = "pretrained ahead" if c.pretrained_ahead else "PRETRAINED NOT AHEAD"
+        random_text = "—" if c.random_init is None else f"{c.random_init:.2f}"
+        trained_text = "—" if c.pretrained is None else f"{c.pretrained:.2f}"
+        typer.echo(f"  {c.task:<{width}}  {c.metric} ({arrow} is better): {RANDOM_LABEL} {random_text}, "
+                   f"{PRETRAINED_LABEL} {trained_text}  -> {verdict}")
+    timings = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in result.timings_s.items())
+    typer.echo(f"time: {timings}")
+    typer.echo(f"report: {result.report_paths['report.html'].resolve()}")
+    if not result.pretrained_ahead_everywhere:
+        message = "the pretrained model is not ahead of random initialisation on: " + ", ".join(result.lagging_tasks())
+        if check:
+            typer.echo(f"error: {message} (something in the chain is wrong, or the budget is too small)", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"note: {message}")
 
 
 def register(app: typer.Typer) -> None:

@@ -261,6 +261,8 @@ def segment_command(
     size: Optional[int] = typer.Option(None, "--size", help="Decoder resolution (default: the model input, 224; 112 is ~4x cheaper)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (1 is fastest on a busy machine)."),
     test_fraction: float = typer.Option(0.2, "--test-fraction"),
+    merge_labels: bool = typer.Option(False, "--merge-labels", help="Segment every foreground label as one structure "
+                                      "(e.g. a head whose inner structures carry their own labels)."),
     seed: int = typer.Option(0, "--seed"),
     cache: Optional[str] = typer.Option(None, "--cache", help=CACHE_HELP),
     save: Optional[Path] = typer.Option(None, "--save", help="Keep the best decoder (with its encoder reference) here."),
@@ -283,10 +285,12 @@ def segment_command(
     tap_list = parse_ints(taps, "--taps") if taps else None
     widths = parse_ints(channels, "--channels") if channels else list(DEFAULT_CHANNELS)
     dataset = open_dataset(data)
-    dataset, (seg_data, originals) = _fetch(feature_cache, dataset, lambda d: segmentation_data(feature_cache, d, tap_list, progress=True, size=size))
+    dataset, (seg_data, originals) = _fetch(feature_cache, dataset, lambda d: segmentation_data(feature_cache, d, tap_list, progress=True, size=size,
+                                                                                      merge_labels=merge_labels))
     external = None
     if test:
-        _, external = _fetch(feature_cache, open_dataset(test), lambda d: segmentation_data(feature_cache, d, tap_list, progress=True, size=size))
+        _, external = _fetch(feature_cache, open_dataset(test), lambda d: segmentation_data(feature_cache, d, tap_list, progress=True, size=size,
+                                                                                      merge_labels=merge_labels))
     result, best, split_info = run_segmentation(seg_data, originals, folds=folds, runs=runs, seed=seed, epochs=epochs,
                                                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, channels=widths,
                                                 patience=patience, test_fraction=test_fraction, test=external, progress=True)

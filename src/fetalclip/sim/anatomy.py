@@ -70,6 +70,9 @@ def head(rng: np.random.Generator, ga_days: float, plane: str) -> Anatomy:
     hc = float(who_hc(ga_days))
     a, b = semi_axes_for_perimeter(hc, rng.uniform(0.74, 0.86))
     skull = 1.0 + 0.09 * (ga_days / 7 - 14)  # mm; thin and poorly ossified early, ~3.5 mm at term
+    # Ossification: the calvarium echoes more and shadows more as it mineralises, a cue to age that does not
+    # depend on the zoom (early skulls are faint beside the brain; at term they shine and shadow).
+    ossified = float(np.clip((ga_days / 7 - 14) / 24, 0.0, 1.0))
     fluid = _fluid(rng)
     brain = db(rng.uniform(-25, -19))
     outline = Ellipse(0, 0, a, b, level=brain, label="head")
@@ -77,8 +80,9 @@ def head(rng: np.random.Generator, ga_days: float, plane: str) -> Anatomy:
         outline,
         # Bone scatters moderately; the bright skull echoes are specular, so the walls facing the beam shine
         # and the lateral walls stay dimmer, as on a scanner.
-        Ellipse(0, 0, a, b, level=db(rng.uniform(-9, -5)), edge=rng.uniform(2.5, 4.5), edge_px=rng.uniform(0.8, 1.3),
-                hole_a=a - skull, hole_b=b - skull, bone=0.35),
+        Ellipse(0, 0, a, b, level=db(-16 + 12 * ossified + rng.uniform(-1.5, 1.5)),
+                edge=(1.0 + 3.5 * ossified) * rng.uniform(0.85, 1.15), edge_px=rng.uniform(0.8, 1.3),
+                hole_a=a - skull, hole_b=b - skull, bone=0.1 + 0.4 * ossified),
     ]
     falx = dict(half_width=0.0, edge=rng.uniform(0.5, 1.1), edge_px=0.8)
     csp = Ellipse(0.38 * a, 0, 0.11 * a, 0.05 * b, level=fluid, edge=0.4, label="cavum_septi_pellucidi")

@@ -346,11 +346,13 @@ def load_decoder(run_dir) -> tuple[UNETRLiteDecoder, dict[str, Any]]:
 
 # -- datasets in, results out -----------------------------------------------------------------------------------
 def segmentation_data(cache, dataset, taps: Sequence[int] | None = None, progress: bool = False,
-                      size: int | None = None) -> tuple[SegmentationData, list[np.ndarray]]:
+                      size: int | None = None, merge_labels: bool = False) -> tuple[SegmentationData, list[np.ndarray]]:
     """Blocks and model images from ``cache``, masks from the samples; also the original-size masks.
 
     ``size`` (default: the model's input side) is the decoder's working resolution; a smaller one (112) makes
     CPU training about four times cheaper, and metrics are still computed at the original resolution.
+    ``merge_labels`` makes every foreground label one class: a head whose inner structures carry labels of
+    their own (the phantom's thalami, ventricles, ...) is then segmented as one head, as biometry measures it.
     """
     from tqdm.auto import tqdm
 
@@ -362,6 +364,8 @@ def segmentation_data(cache, dataset, taps: Sequence[int] | None = None, progres
     for i in tqdm(range(len(dataset)), desc="masks", disable=not progress):
         sample = dataset[i]
         mask = sample_mask(sample)
+        if merge_labels:
+            mask = (mask > 0).astype(np.uint8)
         if mask.shape != sample["image"].shape[:2]:
             raise FetalCLIPError(f"{sample['source']}: mask shape {mask.shape} differs from image shape {sample['image'].shape[:2]}")
         originals.append(mask)

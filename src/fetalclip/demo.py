@@ -1,0 +1,261 @@
+"""The end-to-end demo: phantom data, pretraining, then the benchmark table of the pretrained model beside its
+own random initialisation, on held-out phantom patients.
+
+The demo is orchestration only. Every step is the library code a user runs on real data: ``sim.write_phantom``
+writes ordinary ``csv:`` datasets, ``train.train`` pretrains ``fetalclip-tiny`` on one of them, and
+``bench.run_benchmark`` / ``bench.write_report`` evaluate both models and write ``report.html``. What the demo
+adds is a plan sized by one time budget and a verdict: a pretrained model that does not beat its own random
+initialisation on every task of the table means something in the chain is broken, so the demo says which
+task and fails.
+
+Held out: the evaluation sets are rendered with other seeds than the training set, so their synthetic
+patients (``sim{seed}-p...``), ages, probes and speckle are all new; training never sees them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import FetalCLIPError
+
+RANDOM_LABEL = "random-init"
+PRETRAINED_LABEL = "pretrained"
+MODEL = "fetalclip-tiny"
+
+# Tasks of the demo's table (plus two figure-only tasks). zeroshot-brain and the linear brain probe are left
+# out: telling three brain sub-planes apart needs more training than a ten-minute budget gives the tiny model.
+TABLE_TASKS = ("zeroshot-planes", "zeroshot-ga", "probe-planes", "segment-hc", "biometry-hc")
+FIGURE_TASKS = ("embedding-map", "cams")
+
+# Seconds per step of 32 images for fetalclip-tiny on 2 CPU cores (measured: 1.1-1.3 s) and the share of the
+# budget that pretraining gets; the rest goes to rendering and to evaluating two models (~3 minutes).
+SECONDS_PER_STEP = 1.15
+TRAIN_SHARE = 0.6
+DEFAULT_MINUTES = 9.0
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of every step, derived from the time budget; recorded in ``demo.json``."""
+
+    minutes: float
+    steps: int
+    train_images: int  # all views
+    train_head_images: int  # extra head images: zero-shot age is read on heads
+    planes_images: int
+    head_images: int
+    batch_size: int = 32
+    size: int = 224
+    seed: int = 0
+    segment_epochs: int = 12
+    n_bootstrap: int = 1000
+
+    @property
+    def seeds(self) -> dict[str, int]:
+        """Phantom seeds: one per set, all different, so no evaluation patient is a training patient."""
+        base = self.seed * 10
+        return {"train": base + 1, "train-heads": base + 4, "planes": base + 2, "heads": base + 3}
+
+
+def plan_demo(minutes: float = DEFAULT_MINUTES, seed: int = 0) -> DemoPlan:
+    """A plan that fits ``minutes`` on 2 CPU cores: pretraining steps first, evaluation sets to match."""
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise FetalCLIPError(f"--minutes {minutes}: must be a positive number")
+    steps = max(10, int(minutes * 60 * TRAIN_SHARE / SECONDS_PER_STEP))
+    small = minutes < 3  # the smoke run: a minute or two, enough to exercise every step
+    # Enough distinct images that pretraining sees each one ~8 times at most; a third of them extra heads.
+    distinct = min(1200, max(240, steps * 32 // 8))
+    return DemoPlan(
+        minutes=float(minutes),
+        steps=steps,
+        train_images=distinct - distinct // 3,
+        train_head_images=distinct // 3,
+        planes_images=96 if small else 240,  # 6 classes x 4 images per patient: whole patients per class
+        # The segmentation probe trains on 80% of these: with fewer than ~200 the decoder overfits to the
+        # pretrained encoder's tokens, and a random encoder's (near-linear projections of the pixels) do as well.
+        head_images=48 if small else 240,
+        segment_epochs=6 if small else 12,
+        n_bootstrap=200 if small else 1000,
+        seed=seed,
+    )
+
+
+@dataclass
+class Comparison:
+    """One table column: the primary metric of both models and whether pretraining helped."""
+
+    task: str
+    metric: str
+    higher_is_better: bool
+    random_init: float | None
+    pretrained: float | None
+
+    @property
+    def pretrained_ahead(self) -> bool:
+        if self.random_init is None or self.pretrained is None:
+            return False
+        if not (math.isfinite(self.random_init) and math.isfinite(self.pretrained)):
+            return False
+        return self.pretrained > self.random_init if self.higher_is_better else self.pretrained < self.random_init
+
+
+@dataclass
+class DemoResult:
+    plan: DemoPlan
+    out_dir: Path
+    comparisons: list[Comparison]
+    table: str
+    report_paths: dict[str, Path]
+    timings_s: dict[str, float] = field(default_factory=dict)
+    train_losses: tuple[float, float] | None = None
+
+    @property
+    def pretrained_ahead_everywhere(self) -> bool:
+        return bool(self.comparisons) and all(c.pretrained_ahead for c in self.comparisons)
+
+    def lagging_tasks(self) -> list[str]:
+        return [c.task for c in self.comparisons if not c.pretrained_ahead]
+
+
+def compare_models(run, first: str = RANDOM_LABEL, second: str = PRETRAINED_LABEL) -> list[Comparison]:
+    """The primary metric of ``first`` and ``second`` for every table column of a benchmark run."""
+    from .bench.report import table_specs
+
+    values: dict[tuple[str, str], float | None] = {}
+    for entry in run.entries:
+        spec = run.registry.get(entry["task"])
+        metric = (entry.get("metrics") or {}).get(spec.primary or "") if entry.get("status") == "done" else None
+        values[(entry["model"], entry["task"])] = None if not metric else metric.get("value")
+    return [
+        Comparison(spec.name, spec.primary, spec.higher_is_better, values.get((first, spec.name)), values.get((second, spec.name)))
+        for spec in table_specs(run)
+    ]
+
+
+def _write_sets(plan: DemoPlan, data_dir: Path, echo: Callable[[str], None], progress: bool) -> dict[str, str]:
+    """Render the three phantom sets (reused when a finished one with the same plan is already there)."""
+    import json
+
+    from .sim.dataset import parse_sim_spec, write_phantom
+
+    sets = {
+        "train": (plan.train_images, ""),
+        "train-heads": (plan.train_head_images, ",classes=brain"),
+        "planes": (plan.planes_images, ""),
+        "heads": (plan.head_images, ",classes=brain"),
+    }
+    specs = {}
+    for name, (count, extra) in sets.items():
+        folder = data_dir / name
+        spec = f"{count},seed={plan.seeds[name]},size={plan.size}{extra}"
+        manifest = folder / "manifest.csv"
+        info = folder / "sim.json"
+        fresh = not (manifest.is_file() and info.is_file() and json.loads(info.read_text()).get("demo_spec") == spec)
+        if fresh:
+            from tqdm.auto import tqdm
+
+            n, config = parse_sim_spec(spec)
+            bar = (lambda it, n=n, name=name: tqdm(it, total=n, desc=f"phantom {name}", unit="img", leave=False)) if progress else None
+            summary = write_phantom(n, config, folder, progress=bar)
+            from .io import write_json_atomic
+
+            write_json_atomic(info, {**json.loads(info.read_text()), "demo_spec": spec})
+            echo(f"phantom {name}: {n} images, {summary['patients']} patients -> {manifest}")
+        else:
+            echo(f"phantom {name}: reusing {manifest}")
+        specs[name] = f"csv:{manifest}"
+    return specs
+
+
+def _pretrain(plan: DemoPlan, train_specs: list[str], run_dir: Path, echo: Callable[[str], None], progress: bool):
+    """Pretrain fetalclip-tiny from scratch on the training phantom (a finished run is reused)."""
+    from .models.checkpoint import is_checkpoint_dir
+    from .train import make_config, train
+
+    model_dir = run_dir / "model"
+    config = make_config(overrides={
+        "model": MODEL, "data": list(train_specs), "steps": plan.steps, "batch_size": plan.batch_size,
+        "lr": 1e-3, "warmup_steps": max(2, plan.steps // 12), "min_lr": 1e-5, "weight_decay": 0.2,
+        "cache_images": True, "seed": plan.seed, "device": "cpu", "precision": "fp32", "progress": progress,
+    })
+    if is_checkpoint_dir(model_dir) and (run_dir / "config.json").is_file():
+        import json
+
+        saved = json.loads((run_dir / "config.json").read_text())
+        if saved.get("steps") == plan.steps and saved.get("data") == config.data:
+            echo(f"pretraining: reusing {model_dir}")
+            return model_dir, None
+    echo(f"pretraining {MODEL} from scratch: {plan.steps} steps of {plan.batch_size} image-text pairs")
+    result = train(config, run_dir, resume=False)
+    losses = (result.losses[0], result.losses[-1]) if result.losses else None
+    if losses:
+        echo(f"pretraining: loss {losses[0]:.3f} -> {losses[1]:.3f}, {result.images_per_s:.1f} images/s")
+    return result.model_dir or model_dir, losses
+
+
+def run_demo(
+    out_dir: str | Path = "demo-out",
+    minutes: float = DEFAULT_MINUTES,
+    seed: int = 0,
+    echo: Callable[[str], None] = print,
+    progress: bool = True,
+    plan: DemoPlan | None = None,
+) -> DemoResult:
+    """Phantom sets -> pretraining -> benchmark of random init vs pretrained -> report, under ``out_dir``."""
+    from .bench.harness import ModelRef, run_benchmark
+    from .bench.report import markdown_table, write_report
+    from .io import write_json_atomic
+
+    plan = plan or plan_demo(minutes, seed=seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    specs = _write_sets(plan, out_dir / "data", echo, progress)
+    timings["phantom"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    model_dir, losses = _pretrain(plan, [specs["train"], specs["train-heads"]], out_dir / "run", echo, progress)
+    timings["pretraining"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    models = [ModelRef(RANDOM_LABEL, MODEL), ModelRef(PRETRAINED_LABEL, str(model_dir))]
+    data = {"planes": specs["planes"], "ga": specs["heads"], "seg": specs["heads"]}
+    options = {"segment-hc": {"epochs": plan.segment_epochs}}
+    run = run_benchmark(
+        models, data, out_dir / "benchmark", [*TABLE_TASKS, *FIGURE_TASKS], seed=plan.seed,
+        n_bootstrap=plan.n_bootstrap, options=options, progress=progress, echo=echo,
+    )
+    report_paths = write_report(run, out_dir)
+    timings["evaluation"] = time.perf_counter() - started
+
+    result = DemoResult(plan, out_dir, compare_models(run), markdown_table(run), report_paths, timings, losses)
+    write_json_atomic(out_dir / "demo.json", {
+        "plan": asdict(plan),
+        "data": specs,
+        "model": str(model_dir),
+        "timings_s": {key: round(value, 1) for key, value in timings.items()},
+        "train_loss_first_last": losses,
+        "comparisons": [{**asdict(c), "pretrained_ahead": c.pretrained_ahead} for c in result.comparisons],
+        "pretrained_ahead_everywhere": result.pretrained_ahead_everywhere,
+    })
+    return result
+
+
+__all__ = [
+    "Comparison",
+    "DemoPlan",
+    "DemoResult",
+    "FIGURE_TASKS",
+    "PRETRAINED_LABEL",
+    "RANDOM_LABEL",
+    "TABLE_TASKS",
+    "compare_models",
+    "plan_demo",
+    "run_demo",
+]

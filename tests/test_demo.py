@@ -1,0 +1,99 @@
+"""The demo: its plan, its verdict logic, a fair baseline, and a shortened end-to-end run through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from fetalclip.bench.harness import BenchmarkRun, ModelRef
+from fetalclip.bench.tasks import default_registry, metric
+from fetalclip.demo import PRETRAINED_LABEL, RANDOM_LABEL, TABLE_TASKS, compare_models, plan_demo
+from fetalclip.errors import FetalCLIPError
+
+
+def test_plan_scales_with_the_budget_and_keeps_sets_apart():
+    short, default, long = plan_demo(1), plan_demo(8), plan_demo(20)
+    assert short.steps < default.steps < long.steps
+    assert short.train_images <= default.train_images <= long.train_images
+    assert short.planes_images < default.planes_images and short.head_images < default.head_images
+    assert len(set(default.seeds.values())) == 4  # every set rendered from its own seed
+    assert len(set(plan_demo(8, seed=1).seeds.values()) | set(default.seeds.values())) == 8
+    for bad in (0, -1, math.nan, math.inf):
+        with pytest.raises(FetalCLIPError, match="--minutes"):
+            plan_demo(bad)
+
+
+def _run(values: dict[str, tuple[float | None, float | None]]) -> BenchmarkRun:
+    registry = default_registry()
+    entries = []
+    for task, pair in values.items():
+        for label, value in zip((RANDOM_LABEL, PRETRAINED_LABEL), pair):
+            primary = registry.get(task).primary
+            done = value is not None
+            entries.append({"model": label, "task": task, "status": "done" if done else "failed",
+                            "metrics": {primary: metric(value)} if done else {}})
+    models = [ModelRef(RANDOM_LABEL, "fetalclip-tiny"), ModelRef(PRETRAINED_LABEL, "run/model")]
+    return BenchmarkRun(models, list(values), entries, [], {}, registry)
+
+
+def test_verdict_follows_each_metric_direction():
+    run = _run({
+        "zeroshot-planes": (20.0, 60.0),  # higher is better: ahead
+        "zeroshot-ga": (30.0, 30.0),  # a tie is not ahead
+        "biometry-hc": (9.0, 4.0),  # lower is better: ahead
+        "segment-hc": (80.0, math.nan),  # no number is not ahead
+        "probe-planes": (50.0, None),  # a failed cell is not ahead
+    })
+    verdict = {c.task: c.pretrained_ahead for c in compare_models(run)}
+    assert verdict == {"zeroshot-planes": True, "zeroshot-ga": False, "probe-planes": False, "segment-hc": False,
+                       "biometry-hc": True}
+    worse = _run({"biometry-hc": (4.0, 9.0)})
+    assert [c.pretrained_ahead for c in compare_models(worse)] == [False]
+
+
+def test_random_init_row_is_the_model_pretraining_starts_from():
+    from fetalclip.models import create_model
+    from fetalclip.train.modeling import build_model
+
+    baseline, start = create_model("fetalclip-tiny", seed=3), build_model("fetalclip-tiny", seed=3)
+    for key, value in baseline.clip.state_dict().items():
+        torch.testing.assert_close(start.clip.state_dict()[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_short_demo_runs_the_whole_chain(tmp_path):
+    """About a minute: phantom -> pretraining -> benchmark of both models -> report, through the command."""
+    from typer.testing import CliRunner
+
+    from fetalclip.cli import app
+
+    out = tmp_path / "demo"
+    torch.set_num_threads(1)  # the CI machine's second core runs nothing else; one thread is steadier
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--minutes", "1", "--no-check"])
+    assert result.exit_code == 0, result.output
+    for name in ("report.html", "results.json", "results.csv", "results.md", "demo.json"):
+        assert (out / name).is_file(), name
+    assert "report: " in result.output and str((out / "report.html").resolve()) in result.output
+    summary = json.loads((out / "demo.json").read_text())
+    assert [c["task"] for c in summary["comparisons"]] == list(TABLE_TASKS)
+    values = {c["task"]: c for c in summary["comparisons"]}
+    assert all(c["random_init"] is not None and c["pretrained"] is not None for c in summary["comparisons"])
+    # Even a minute of pretraining teaches the views: zero-shot planes must beat random weights.
+    assert values["zeroshot-planes"]["pretrained_ahead"]
+    # Evaluation patients are never training patients.
+    def patients(name):
+        with (out / "data" / name / "manifest.csv").open() as handle:
+            return {row["patient"] for row in csv.DictReader(handle)}
+    trained_on = patients("train") | patients("train-heads")
+    assert trained_on and not trained_on & (patients("planes") | patients("heads"))
+    # The report names both rows and embeds its figures.
+    html = (out / "report.html").read_text()
+    assert RANDOM_LABEL in html and PRETRAINED_LABEL in html and html.count("data:image/png;base64,") >= 4
+    # A rerun reuses the phantom, the pretrained model and every benchmark cell.
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--minutes", "1", "--no-check"])
+    assert again.exit_code == 0, again.output
+    assert "reusing" in again.output and "stored result reused" in again.output
