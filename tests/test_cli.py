@@ -85,8 +85,3 @@ def test_convert_published_to_our_format(tmp_path, tiny_model):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "converted" / "model.safetensors").is_file()
     assert "fetalclip-tiny" in result.output
-
-
-def test_demo_runs(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
-    assert result.exit_code == 0, result.output

@@ -65,14 +65,13 @@ def test_random_init_row_is_the_model_pretraining_starts_from():
 
 
 @pytest.mark.slow
-def test_short_demo_runs_the_whole_chain(tmp_path):
+def test_short_demo_runs_the_whole_chain(tmp_path, one_thread, render_in_chromium):
     """About a minute: phantom -> pretraining -> benchmark of both models -> report, through the command."""
     from typer.testing import CliRunner
 
     from fetalclip.cli import app
 
     out = tmp_path / "demo"
-    torch.set_num_threads(1)  # the CI machine's second core runs nothing else; one thread is steadier
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--minutes", "1", "--no-check"])
     assert result.exit_code == 0, result.output
     for name in ("report.html", "results.json", "results.csv", "results.md", "demo.json"):
@@ -97,3 +96,6 @@ def test_short_demo_runs_the_whole_chain(tmp_path):
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--minutes", "1", "--no-check"])
     assert again.exit_code == 0, again.output
     assert "reusing" in again.output and "stored result reused" in again.output
+    # The report a user opens: no script errors, every figure decoded, something drawn.
+    body, console, pixels = render_in_chromium(out / "report.html")
+    assert console == [] and 'data-broken-images="0"' in body and pixels.std() > 10, (console, body)

@@ -115,12 +115,6 @@ def phantom_specs(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as in the training tests: on the shared 2-core machine two OpenMP threads competing
-    with other work make the benchmark tasks several times slower (measured 4 s -> 20 s); results do not change."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_thread):
+    """Every benchmark test on one thread (the root fixture: tasks measured 4 s -> 20 s with two competing)."""
     yield
-    torch.set_num_threads(before)

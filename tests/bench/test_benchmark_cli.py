@@ -32,7 +32,7 @@ FAST = [
 
 
 @pytest.mark.slow
-def test_benchmark_two_models_on_every_task_then_rerun_reuses_everything(tmp_path, phantom_specs):
+def test_benchmark_two_models_on_every_task_then_rerun_reuses_everything(tmp_path, phantom_specs, render_in_chromium):
     import re
 
     from fetalclip.models import create_model
@@ -78,6 +78,10 @@ def test_benchmark_two_models_on_every_task_then_rerun_reuses_everything(tmp_pat
     third = CliRunner().invoke(app, args + ["-O", "probe-planes.epochs=4"])  # one option changed: one task recomputed
     assert third.exit_code == 0, third.output
     assert "2 computed, 18 reused" in third.output
+    # The report the command wrote opens in a browser: no script errors, all 15 figures decoded, not blank.
+    body, console, pixels = render_in_chromium(out / "report.html")
+    assert console == [] and 'data-images="15"' in body and 'data-broken-images="0"' in body, (console, body)
+    assert pixels.std() > 10
 
 
 def test_benchmark_rejects_unknown_task_options(tmp_path, planes, capsys):

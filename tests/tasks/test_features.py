@@ -117,7 +117,9 @@ def test_damaged_entry_is_recomputed(tmp_path, tiny_model):
     entries = sorted((tmp_path / "cache").rglob("*.npz"))
     entries[0].write_bytes(b"not an npz")
     again = FeatureCache(tiny_model, tmp_path / "cache")
-    np.testing.assert_allclose(again.embeddings(dataset), reference, atol=1e-6)
+    # Recomputed alone instead of in a batch of two: GEMM blocking may move the last bit (seen: 1.2e-6), so
+    # "the same embedding" is the project's exactness bound, 1e-5.
+    np.testing.assert_allclose(again.embeddings(dataset), reference, atol=1e-5)
     assert again.encoded == 1
     assert not list((tmp_path / "cache").rglob("*.tmp"))  # atomic writes leave no temporaries
 

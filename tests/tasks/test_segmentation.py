@@ -32,15 +32,6 @@ from fetalclip.tasks.segmentation import (
 SMALL = (32, 24, 16, 8, 8)
 
 
-@pytest.fixture
-def one_thread():
-    """Small convolutions on a shared 2-core machine run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_decoder_is_about_1_6m_parameters_for_vit_l():
     assert 1.5e6 < count_decoder_parameters(1024) < 1.7e6
 

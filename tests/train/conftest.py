@@ -40,15 +40,9 @@ def write_pairs(folder, count: int = 24, captions: bool = False):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Train on one thread: the 2 CI cores are shared, and two OpenMP threads competing with other work stall
-    each other badly (10x slower measured). Results do not depend on it; subprocesses get OMP_NUM_THREADS=1."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_thread):
+    """Every training test on one thread (the root fixture); subprocesses get OMP_NUM_THREADS=1."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
