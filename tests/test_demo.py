@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -99,3 +100,32 @@ def test_short_demo_runs_the_whole_chain(tmp_path, one_thread, render_in_chromiu
     # The report a user opens: no script errors, every figure decoded, something drawn.
     body, console, pixels = render_in_chromium(out / "report.html")
     assert console == [] and 'data-broken-images="0"' in body and pixels.std() > 10, (console, body)
+
+
+def test_pretraining_is_reused_resumed_or_replaced_by_plan(tmp_path, one_thread):
+    from fetalclip.demo import DemoPlan, _pretrain, _write_sets
+
+    plan = DemoPlan(minutes=1, steps=2, train_images=8, train_head_images=4, planes_images=6, head_images=4,
+                    batch_size=4, size=96)
+    lines: list[str] = []
+    specs = _write_sets(plan, tmp_path / "data", lines.append, progress=False)
+    assert _write_sets(plan, tmp_path / "data", lines.append, progress=False) == specs
+    assert sum("reusing" in line for line in lines) == 4  # second pass renders nothing
+    train_specs = [specs["train"], specs["train-heads"]]
+    run = tmp_path / "run"
+    model_dir, losses = _pretrain(plan, train_specs, run, lines.append, progress=False)
+    assert (model_dir / "model.safetensors").is_file() and losses is not None
+    assert _pretrain(plan, train_specs, run, lines.append, progress=False) == (model_dir, None)
+    (model_dir / "model.safetensors").unlink()  # trained to the end but the model is gone: trained again
+    _pretrain(plan, train_specs, run, lines.append, progress=False)
+    assert "without its model" in lines[-3] and (model_dir / "model.safetensors").is_file()
+    longer = DemoPlan(**{**plan.__dict__, "steps": 4})
+    for folder in (run / "model", *sorted((run / "checkpoints").iterdir())[1:]):  # killed after step 2 of 4
+        shutil.rmtree(folder)
+    (run / "config.json").write_text(json.dumps({**json.loads((run / "config.json").read_text()), "steps": 4}))
+    _pretrain(longer, train_specs, run, lines.append, progress=False)
+    assert "(resuming)" in lines[-2] and (model_dir / "model.safetensors").is_file()
+    longer = DemoPlan(**{**plan.__dict__, "steps": 3})
+    _pretrain(longer, train_specs, run, lines.append, progress=False)
+    assert any("another plan" in line for line in lines)
+    assert json.loads((run / "config.json").read_text())["steps"] == 3

@@ -137,7 +137,7 @@ def compare_models(run, first: str = RANDOM_LABEL, second: str = PRETRAINED_LABE
 
 
 def _write_sets(plan: DemoPlan, data_dir: Path, echo: Callable[[str], None], progress: bool) -> dict[str, str]:
-    """Render the three phantom sets (reused when a finished one with the same plan is already there)."""
+    """Render the four phantom sets (each reused when a finished one with the same spec is already there)."""
     import json
 
     from .sim.dataset import parse_sim_spec, write_phantom
@@ -172,25 +172,43 @@ def _write_sets(plan: DemoPlan, data_dir: Path, echo: Callable[[str], None], pro
 
 
 def _pretrain(plan: DemoPlan, train_specs: list[str], run_dir: Path, echo: Callable[[str], None], progress: bool):
-    """Pretrain fetalclip-tiny from scratch on the training phantom (a finished run is reused)."""
+    """Pretrain fetalclip-tiny from scratch on the training phantom.
+
+    A finished run of the same plan is reused and an interrupted one resumed from its last checkpoint; a run
+    of another plan in the demo's own folder, or one with nothing left to resume but no model, is replaced.
+    """
+    import json
+    import shutil
+
     from .models.checkpoint import is_checkpoint_dir
     from .train import make_config, train
+    from .train.checkpointing import list_checkpoints
+    from .train.config import trajectory_differences
 
     model_dir = run_dir / "model"
     config = make_config(overrides={
         "model": MODEL, "data": list(train_specs), "steps": plan.steps, "batch_size": plan.batch_size,
         "lr": 1e-3, "warmup_steps": max(2, plan.steps // 12), "min_lr": 1e-5, "weight_decay": 0.2,
         "cache_images": True, "seed": plan.seed, "device": "cpu", "precision": "fp32", "progress": progress,
+        "save_every": max(25, plan.steps // 4),
     })
-    if is_checkpoint_dir(model_dir) and (run_dir / "config.json").is_file():
-        import json
-
-        saved = json.loads((run_dir / "config.json").read_text())
-        if saved.get("steps") == plan.steps and saved.get("data") == config.data:
+    saved_file = run_dir / "config.json"
+    same_plan = False
+    if saved_file.is_file():
+        saved = json.loads(saved_file.read_text())
+        same_plan = not trajectory_differences(saved, config) and saved.get("steps") == config.steps
+        if same_plan and is_checkpoint_dir(model_dir):
             echo(f"pretraining: reusing {model_dir}")
             return model_dir, None
-    echo(f"pretraining {MODEL} from scratch: {plan.steps} steps of {plan.batch_size} image-text pairs")
-    result = train(config, run_dir, resume=False)
+        checkpoints = list_checkpoints(run_dir)
+        if same_plan and checkpoints and checkpoints[-1][0] >= config.steps:
+            same_plan = False  # trained to the end, but the exported model is gone: nothing to resume
+        if not same_plan:
+            echo(f"pretraining: {run_dir} holds a run of another plan or without its model; starting again")
+            shutil.rmtree(run_dir)
+    echo(f"pretraining {MODEL} from scratch: {plan.steps} steps of {plan.batch_size} image-text pairs"
+         + (" (resuming)" if same_plan else ""))
+    result = train(config, run_dir, resume=same_plan)
     losses = (result.losses[0], result.losses[-1]) if result.losses else None
     if losses:
         echo(f"pretraining: loss {losses[0]:.3f} -> {losses[1]:.3f}, {result.images_per_s:.1f} images/s")
