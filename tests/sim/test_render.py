@@ -146,6 +146,24 @@ def test_bone_casts_an_acoustic_shadow():
         assert behind < 0.6 * in_front, (index, behind, in_front)
 
 
+def test_skull_brightens_with_ossification():
+    """Age shows beyond size: the skull echoes more relative to the brain at term than at 14 weeks."""
+    from scipy import ndimage
+
+    def skull_to_brain(ga_days: int, index: int) -> float:
+        config = SimConfig(seed=3, classes=("trans-thalamic",), per_patient=1, overlay=0.0, ga_days=(ga_days, ga_days))
+        sample = render_sample(index, config)
+        image = sample["image"].astype(np.float64)
+        image = image if image.ndim == 2 else image[..., 0]
+        head = sample["mask"] > 0
+        ring = ndimage.binary_dilation(head, iterations=2) & ~ndimage.binary_erosion(head, iterations=3)
+        brain = ndimage.binary_erosion(head, iterations=8)
+        return image[ring].mean() / max(image[brain].mean(), 1.0)
+
+    for index in range(4):  # same scene and scanner draws, only the age differs
+        assert skull_to_brain(266, index) > 1.2 * skull_to_brain(98, index), index
+
+
 def test_config_validation():
     with pytest.raises(ValueError):
         SimConfig(classes=("kidney",))
