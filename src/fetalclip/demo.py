@@ -123,24 +123,23 @@ class DemoResult:
 
 def compare_models(run, first: str = RANDOM_LABEL, second: str = PRETRAINED_LABEL) -> list[Comparison]:
     """The primary metric of ``first`` and ``second`` for every table column of a benchmark run."""
-    from .bench.report import table_specs
+    from .bench.report import primary_metric, table_specs
 
-    values: dict[tuple[str, str], float | None] = {}
-    for entry in run.entries:
-        spec = run.registry.get(entry["task"])
-        metric = (entry.get("metrics") or {}).get(spec.primary or "") if entry.get("status") == "done" else None
-        values[(entry["model"], entry["task"])] = None if not metric else metric.get("value")
-    return [
-        Comparison(spec.name, spec.primary, spec.higher_is_better, values.get((first, spec.name)), values.get((second, spec.name)))
-        for spec in table_specs(run)
-    ]
+    entries = {(entry["model"], entry["task"]): entry for entry in run.entries}
+
+    def value(label: str, spec) -> float | None:
+        metric = primary_metric(entries.get((label, spec.name)), spec)
+        return None if metric is None else metric["value"]
+
+    return [Comparison(spec.name, spec.primary, spec.higher_is_better, value(first, spec), value(second, spec))
+            for spec in table_specs(run)]
 
 
 def _write_sets(plan: DemoPlan, data_dir: Path, echo: Callable[[str], None], progress: bool) -> dict[str, str]:
     """Render the four phantom sets (each reused when a finished one with the same spec is already there)."""
     import json
 
-    from .sim.dataset import parse_sim_spec, write_phantom
+    from .sim.dataset import config_dict, parse_sim_spec, write_phantom
 
     sets = {
         "train": (plan.train_images, ""),
@@ -151,22 +150,20 @@ def _write_sets(plan: DemoPlan, data_dir: Path, echo: Callable[[str], None], pro
     specs = {}
     for name, (count, extra) in sets.items():
         folder = data_dir / name
-        spec = f"{count},seed={plan.seeds[name]},size={plan.size}{extra}"
+        n, config = parse_sim_spec(f"{count},seed={plan.seeds[name]},size={plan.size}{extra}")
         manifest = folder / "manifest.csv"
+        # sim.json records what was rendered; the manifest is written last, so both present = a finished set.
         info = folder / "sim.json"
-        fresh = not (manifest.is_file() and info.is_file() and json.loads(info.read_text()).get("demo_spec") == spec)
-        if fresh:
+        recorded = json.loads(info.read_text()) if manifest.is_file() and info.is_file() else {}
+        wanted = json.loads(json.dumps(config_dict(config)))  # as it reads back from JSON
+        if recorded.get("n") == n and recorded.get("config") == wanted:
+            echo(f"phantom {name}: reusing {manifest}")
+        else:
             from tqdm.auto import tqdm
 
-            n, config = parse_sim_spec(spec)
             bar = (lambda it, n=n, name=name: tqdm(it, total=n, desc=f"phantom {name}", unit="img", leave=False)) if progress else None
             summary = write_phantom(n, config, folder, progress=bar)
-            from .io import write_json_atomic
-
-            write_json_atomic(info, {**json.loads(info.read_text()), "demo_spec": spec})
             echo(f"phantom {name}: {n} images, {summary['patients']} patients -> {manifest}")
-        else:
-            echo(f"phantom {name}: reusing {manifest}")
         specs[name] = f"csv:{manifest}"
     return specs
 

@@ -42,7 +42,8 @@ def table_specs(run: BenchmarkRun) -> list[TaskSpec]:
     return [spec for spec in run.registry if spec.name in run.tasks and spec.primary and spec.name not in no_data]
 
 
-def _primary(entry: Mapping[str, Any] | None, spec: TaskSpec) -> Mapping[str, Any] | None:
+def primary_metric(entry: Mapping[str, Any] | None, spec: TaskSpec) -> Mapping[str, Any] | None:
+    """The task's primary metric of a finished cell, or ``None`` (failed, missing, or not a finite number)."""
     if not entry or entry.get("status") != "done":
         return None
     value = (entry.get("metrics") or {}).get(spec.primary)
@@ -54,7 +55,7 @@ def _primary(entry: Mapping[str, Any] | None, spec: TaskSpec) -> Mapping[str, An
 def best_rows(run: BenchmarkRun, spec: TaskSpec) -> set[str]:
     """Labels of our models holding the best primary value of a column (ties share it)."""
     index = _entry_index(run)
-    values = {ref.label: _primary(index.get((ref.label, spec.name)), spec) for ref in run.models}
+    values = {ref.label: primary_metric(index.get((ref.label, spec.name)), spec) for ref in run.models}
     scores = {label: round(value["value"], 2) for label, value in values.items() if value is not None}
     if not scores:
         return set()
@@ -141,7 +142,7 @@ def markdown_table(run: BenchmarkRun) -> str:
         cells = []
         for spec in specs:
             entry = index.get((ref.label, spec.name))
-            number, ci = _cell_text(_primary(entry, spec), entry)
+            number, ci = _cell_text(primary_metric(entry, spec), entry)
             if ref.label in best[spec.name] and number not in (MISSING, "failed"):
                 number = f"**{number}**"
             cells.append(f"{number} {ci}".strip())
@@ -256,7 +257,7 @@ def html_table(run: BenchmarkRun) -> str:
         cells = []
         for spec in specs:
             entry = index.get((ref.label, spec.name))
-            number, ci = _cell_text(_primary(entry, spec), entry)
+            number, ci = _cell_text(primary_metric(entry, spec), entry)
             title = f' title="{_esc(entry.get("error"))}"' if entry and entry.get("error") else ""
             css = ' class="best"' if ref.label in best[spec.name] and number not in (MISSING, "failed") else ""
             cells.append(f"<td{css}{title}>{_esc(number)}" + (f'<span class="ci">{_esc(ci)}</span>' if ci else "") + "</td>")
@@ -363,6 +364,7 @@ __all__ = [
     "markdown_metrics",
     "markdown_report",
     "markdown_table",
+    "primary_metric",
     "results_document",
     "table_specs",
     "write_report",
