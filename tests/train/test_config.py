@@ -43,3 +43,12 @@ def test_validation_and_resume_guard(tmp_path):
     saved = TrainConfig(data=["a"]).to_dict()
     assert trajectory_differences(saved, TrainConfig(data=["a"], steps=999, log_every=5)) == []
     assert trajectory_differences(saved, TrainConfig(data=["a"], lr=1.0))[0].startswith("lr")
+    with pytest.raises(FetalCLIPError, match="balance_views"):
+        make_config(None, {"balance_views": 1.5})
+
+
+def test_run_saved_before_a_setting_existed_resumes_at_its_default():
+    saved = TrainConfig(data=["a"]).to_dict()
+    del saved["balance_views"]  # a run folder written before the setting was added
+    assert trajectory_differences(saved, TrainConfig(data=["a"])) == []
+    assert trajectory_differences(saved, TrainConfig(data=["a"], balance_views=0.5))[0].startswith("balance_views")

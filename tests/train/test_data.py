@@ -15,6 +15,7 @@ from fetalclip.train.data import (
     StepBatchSampler,
     open_sources,
     split_by_patient,
+    view_balance_weights,
 )
 from fetalclip.train.shards import open_shard_folder
 
@@ -63,11 +64,48 @@ def test_positions_are_seeded_epochs(pairs_spec):
     assert torch.equal(dataset[7][0], dataset.preprocess(sample["image"]))
 
 
+def test_view_balance_draws_rare_views_as_often_as_common_ones(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    rows = ["path,label,patient"]
+    for i in range(40):  # 32 heads, 8 femurs
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+        rows.append(f"imgs/{i}.png,{'femur' if i % 5 == 0 else 'brain'},p{i}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    sources = open_sources([f"csv:{tmp_path / 'pairs.csv'}"])
+    items, _ = split_by_patient(sources, 0.0, seed=0)
+    assert view_balance_weights(sources, items, 0.0) is None
+
+    def femur_share(balance, epochs=50):
+        dataset = PairDataset(sources, items, Preprocessor({"image_size": 8}), 8, seed=1,
+                              weights=view_balance_weights(sources, items, balance))
+        drawn = [dataset.item_at(p) for p in range(epochs * len(items))]
+        return np.mean([sources[d].records[i]["label"] == "femur" for d, i in drawn]), dataset
+
+    natural, _ = femur_share(0.0)
+    balanced, dataset = femur_share(1.0)
+    half, _ = femur_share(0.5)
+    assert natural == pytest.approx(0.2)
+    assert balanced == pytest.approx(0.5, abs=0.03)
+    assert natural < half - 0.05 and half < balanced - 0.05  # sqrt(4) : 1 odds -> 1/3
+    assert half == pytest.approx(1 / 3, abs=0.03)
+    # Still one order per (seed, epoch): another dataset object draws the same items.
+    again = PairDataset(sources, items, Preprocessor({"image_size": 8}), 8, seed=1, weights=dataset.weights)
+    assert [again.item_at(p) for p in range(100, 140)] == [dataset.item_at(p) for p in range(100, 140)]
+
+
 def test_augmentation_is_seeded_by_position(pairs_spec):
     dataset = _pair_dataset(pairs_spec, augmentation=Augmentation())
     plain = _pair_dataset(pairs_spec)
     assert torch.equal(dataset[3][0], _pair_dataset(pairs_spec, augmentation=Augmentation())[3][0])
     assert not torch.equal(dataset[3][0], plain[3][0])
+    # Two epochs of one sample differ; a cached dataset gives the same images as an uncached one.
+    again = next(p for p in range(len(dataset), 2 * len(dataset)) if dataset.item_at(p) == dataset.item_at(3))
+    assert not torch.equal(dataset[again][0], dataset[3][0])
+    cached = _pair_dataset(pairs_spec, augmentation=Augmentation())
+    cached.enable_cache()
+    for position in (3, again):
+        assert torch.equal(cached[position][0], dataset[position][0])
+    assert len(cached.cache) == 1 and cached.cache[dataset.item_at(3)][0].shape == (37, 37, 3)  # ceil(32 / sqrt(.75))
 
 
 def test_patient_split_keeps_patients_whole(pairs_spec):

@@ -43,8 +43,9 @@ class TrainConfig:
     data: list[str] = field(default_factory=list)  # shard folders and/or dataset specs
     holdout_fraction: float = 0.0  # share of patients kept out of training for evaluation hooks
     caption_fn: str = "template"  # "template" or "module:function" (a CaptionFn) for samples without a caption
+    balance_views: float = 0.0  # draw weight per sample ~ (samples of its view)^-balance: 0 natural, 1 views equal
     augment: bool = False
-    cache_images: bool = False  # keep model-size images in memory after first use (small data sets, no augment)
+    cache_images: bool = False  # keep model-size images in memory after first use (data sets that fit in RAM)
     workers: int = 0  # DataLoader worker processes per training process
     # -- optimisation --------------------------------------------------------------------------------------
     steps: int = 100
@@ -72,7 +73,7 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 0  # steps between evaluation hooks; 0 = only at the end (when there are hooks)
     eval_max_samples: int = 512  # images per evaluation (held-out retrieval pairs, each zero-shot dataset)
-    zeroshot_planes: str | None = None  # dataset spec (e.g. "fpdb:DIR"): zero-shot plane F1 at every evaluation
+    zeroshot_planes: str | None = None  # dataset spec (e.g. "fpdb:DIR") or "holdout": zero-shot plane F1 at every evaluation
     zeroshot_brain: str | None = None  # dataset spec: zero-shot brain sub-plane F1
     zeroshot_ga: str | None = None  # dataset spec with spacing and HC (e.g. "hc18:DIR"): zero-shot GA VPR
     eval_hooks: list[str] = field(default_factory=list)  # "package.module:factory", factory(config) -> hook
@@ -95,6 +96,11 @@ class TrainConfig:
         for name in ("save_every", "eval_every", "warmup_steps", "workers", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
+        if not 0.0 <= self.balance_views <= 1.0:
+            problems.append("balance_views must be in [0, 1]")
+        for task in ("planes", "brain", "ga"):
+            if getattr(self, f"zeroshot_{task}") == "holdout" and not self.holdout_fraction:
+                problems.append(f"zeroshot_{task} = 'holdout' needs holdout_fraction > 0")
         if not 0.0 <= self.holdout_fraction < 1.0:
             problems.append("holdout_fraction must be in [0, 1)")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -229,11 +235,14 @@ def make_config(
 # different run, so ``--resume`` refuses. ``steps`` (extending a run) and observability settings may change.
 TRAJECTORY_KEYS = (
     "model", "init", "context_length", "model_overrides", "lock_image", "lock_image_unlocked_groups", "lock_text",
-    "lock_text_unlocked_layers", "data", "holdout_fraction", "caption_fn", "augment", "batch_size", "accum_steps",
+    "lock_text_unlocked_layers", "data", "holdout_fraction", "caption_fn", "balance_views", "augment", "batch_size", "accum_steps",
     "lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "loss", "seed",
 )
 
 
 def trajectory_differences(saved: Mapping[str, Any], current: TrainConfig) -> list[str]:
     now = current.to_dict()
-    return [f"{key}: run has {saved.get(key)!r}, now {now[key]!r}" for key in TRAJECTORY_KEYS if saved.get(key) != now[key]]
+    # A setting added after the run was saved had its default there.
+    defaults = TrainConfig().to_dict()
+    was = {key: saved.get(key, defaults[key]) for key in TRAJECTORY_KEYS}
+    return [f"{key}: run has {was[key]!r}, now {now[key]!r}" for key in TRAJECTORY_KEYS if was[key] != now[key]]

@@ -2,8 +2,9 @@
 
 ``--data`` takes shard folders and dataset specs alike; both become ``SampleDataset``s (records plus a loader)
 and are concatenated. The run's data order is one infinite sequence of *positions*: epoch ``e`` is a seeded
-permutation of the training samples, and optimiser step ``s`` consumes positions ``[s*B, (s+1)*B)`` of the
-global batch ``B``, split between processes and accumulation micro-batches. Everything random about a
+permutation of the training samples (with ``balance_views``, as many seeded weighted draws), and optimiser
+step ``s`` consumes positions ``[s*B, (s+1)*B)`` of the global batch ``B``, split between processes and
+accumulation micro-batches. Everything random about a
 sample (its caption phrasing, its augmentation) is seeded by its position too. Consequences, all deliberate:
 
 - resuming at step ``s`` only needs ``s`` (the checkpoint's data position is ``s*B``), with no replay;
@@ -23,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.captions import CaptionFn, caption_sample, sample_view, template_caption
@@ -87,6 +89,38 @@ def split_by_patient(
     return train, holdout
 
 
+def view_balance_weights(datasets: Sequence[SampleDataset], items: Sequence[ItemRef], balance: float) -> np.ndarray | None:
+    """Draw probabilities ``~ n_view ** -balance`` per item (``None`` for 0: every sample once per epoch).
+
+    Four fifths of the shared data are HC18 heads whose captions differ only in age and spacing; in a natural
+    batch most pairs are then near-duplicates that the contrastive loss cannot tell apart. Balancing draws
+    rarer views more often (with replacement), the usual class-balanced sampling with a temperature.
+    """
+    if balance <= 0:
+        return None
+    views = [view_of(datasets[d].records[i]) for d, i in items]
+    names, inverse, counts = np.unique(np.asarray(views, dtype=object).astype(str), return_inverse=True, return_counts=True)
+    weights = counts[inverse].astype(np.float64) ** -balance
+    return weights / weights.sum()
+
+
+class _LoaderOfSource:
+    """Reads a record of a merged dataset with the loader of the source it came from (picklable, unlike a lambda)."""
+
+    def __init__(self, loaders: Sequence[Callable[[dict[str, Any]], dict[str, Any]]]):
+        self.loaders = list(loaders)
+
+    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+        own = {key: value for key, value in record.items() if key != "_source_index"}
+        return self.loaders[record["_source_index"]](own)
+
+
+def held_out_dataset(datasets: Sequence[SampleDataset], items: Sequence[ItemRef]) -> SampleDataset:
+    """The held-out samples of all sources as one dataset, for evaluations that take a dataset (zero-shot)."""
+    records = [dict(datasets[d].records[i], _source_index=d) for d, i in items]
+    return SampleDataset("held-out patients", records, loader=_LoaderOfSource([dataset.loader for dataset in datasets]))
+
+
 def enrich(sample: dict[str, Any]) -> dict[str, Any]:
     """Fill the model-input pixel spacing captions quote when a source gives only the original spacing."""
     if sample.get("pixel_spacing_224_mm") is None and sample.get("pixel_spacing_mm") is not None:
@@ -113,8 +147,12 @@ class Augmentation:
     brightness: float = 0.2
     contrast: float = 0.2
 
+    def source_side(self, size: int) -> int:
+        """Side of the square to augment from: the smallest crop still has ``size`` pixels, so none is upsampled."""
+        return int(np.ceil(size / np.sqrt(self.crop_scale[0])))
+
     def __call__(self, square, rng: np.random.Generator, size: int, resample):
-        from PIL import Image, ImageEnhance
+        from PIL import ImageEnhance
 
         side = square.size[0]
         scale = rng.uniform(*self.crop_scale)
@@ -139,6 +177,7 @@ class PairDataset(Dataset):
         seed: int,
         caption_fn: CaptionFn = template_caption,
         augmentation: Augmentation | None = None,
+        weights: np.ndarray | None = None,
     ):
         if not items:
             raise FetalCLIPError("no training samples")
@@ -149,14 +188,15 @@ class PairDataset(Dataset):
         self.seed = seed
         self.caption_fn = caption_fn
         self.augmentation = augmentation
+        self.weights = weights  # None: each epoch a permutation; else len(items) weighted draws per epoch
         self._orders: dict[int, np.ndarray] = {}
-        # Model-size images of samples seen before (uint8, so ~150 kB each at 224 px); only without
-        # augmentation, where the model input of a sample is the same every epoch.
+        # Per sample seen before: the model-size image, or with augmentation the square it is augmented from
+        # (uint8, ~150-200 kB at 224 px), and the sample's fields without pixels. Decoding and resizing a
+        # full-size scan then happens once per sample instead of once per epoch.
         self.cache: dict[ItemRef, tuple[np.ndarray, dict[str, Any]]] | None = None
 
     def enable_cache(self) -> None:
-        if self.augmentation is None:
-            self.cache = {}
+        self.cache = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -165,7 +205,11 @@ class PairDataset(Dataset):
         epoch, offset = divmod(int(position), len(self.items))
         order = self._orders.get(epoch)
         if order is None:
-            order = np.random.default_rng([self.seed, _ORDER_STREAM, epoch]).permutation(len(self.items))
+            rng = np.random.default_rng([self.seed, _ORDER_STREAM, epoch])
+            if self.weights is None:
+                order = rng.permutation(len(self.items))
+            else:
+                order = rng.choice(len(self.items), size=len(self.items), replace=True, p=self.weights)
             # Positions arrive in (nearly) increasing order: two epochs cover a boundary between workers.
             self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
             self._orders[epoch] = order
@@ -180,32 +224,35 @@ class PairDataset(Dataset):
         cached = self.cache.get(item) if self.cache is not None else None
         if cached is None:
             sample = self.sample_at(position)
-            if self.augmentation is None:
-                model_image = np.array(self.preprocess.to_model_image(sample["image"]))
-                if self.cache is not None:
-                    self.cache[item] = (model_image, {k: v for k, v in sample.items() if k not in ("image", "mask")})
+            pixels = self._pixels(sample["image"])
+            sample = {k: v for k, v in sample.items() if k not in ("image", "mask")}
+            if self.cache is not None:
+                self.cache[item] = (pixels, sample)
         else:
-            model_image, sample = cached
+            pixels, sample = cached
         caption = caption_of(sample, self.caption_fn, np.random.default_rng([self.seed, _CAPTION_STREAM, int(position)]))
         if self.augmentation is None:
-            image = self._normalise(model_image)
+            image = pixels
         else:
-            image = self._augmented(sample["image"], np.random.default_rng([self.seed, _AUGMENT_STREAM, int(position)]))
-        return image, tokenize(caption, self.context_length)[0]
+            config = self.preprocess.config
+            rng = np.random.default_rng([self.seed, _AUGMENT_STREAM, int(position)])
+            image = self.augmentation(Image.fromarray(pixels), rng, config.image_size, self.preprocess._filter)
+        return self._normalise(image), tokenize(caption, self.context_length)[0]
 
-    def _normalise(self, model_image: np.ndarray) -> torch.Tensor:
-        from torchvision.transforms import functional as TF
-
-        config = self.preprocess.config
-        return TF.normalize(TF.to_tensor(model_image), config.mean, config.std)
-
-    def _augmented(self, array: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        from torchvision.transforms import functional as TF
-
+    def _pixels(self, array: np.ndarray) -> np.ndarray:
+        """What is cached per sample: the model input, or the square that augmentation crops from."""
+        if self.augmentation is None:
+            return np.array(self.preprocess.to_model_image(array))
         config = self.preprocess.config
         rgb = to_rgb_image(array)
-        square = pad_to_square(rgb) if config.pad_to_square else rgb.resize((max(rgb.size),) * 2)
-        image = self.augmentation(square, rng, config.image_size, self.preprocess._filter)
+        square = pad_to_square(rgb) if config.pad_to_square else rgb
+        side = self.augmentation.source_side(config.image_size)
+        return np.array(square.resize((side, side), self.preprocess._filter))
+
+    def _normalise(self, image) -> torch.Tensor:
+        from torchvision.transforms import functional as TF
+
+        config = self.preprocess.config
         return TF.normalize(TF.to_tensor(image), config.mean, config.std)
 
 

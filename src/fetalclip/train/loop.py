@@ -34,7 +34,10 @@ from ..errors import FetalCLIPError
 from ..io import write_json_atomic
 from .checkpointing import list_checkpoints, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, trajectory_differences
-from .data import Augmentation, PairDataset, StepBatchSampler, held_out_pairs, make_loader, open_sources, resolve_caption_fn, split_by_patient
+from .data import (
+    Augmentation, PairDataset, StepBatchSampler, held_out_dataset, held_out_pairs, make_loader, open_sources,
+    resolve_caption_fn, split_by_patient, view_balance_weights,
+)
 from .distributed import DistContext, barrier, broadcast_object, gather_objects, init_distributed, mean_across, shutdown_distributed
 from .hooks import EvalHook, RetrievalHook, configured_hooks, has_configured_hooks
 from .modeling import build_model
@@ -147,7 +150,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
     train_items, holdout_items = split_by_patient(sources, config.holdout_fraction, config.seed)
     caption_fn = resolve_caption_fn(config.caption_fn)
     # Configured evaluations open their datasets now, so a wrong path fails before the model is built.
-    config_hooks = configured_hooks(config) if ctx.is_main else []
+    config_hooks = configured_hooks(config, held_out_dataset(sources, holdout_items)) if ctx.is_main else []
 
     random.seed(config.seed + ctx.rank)
     np.random.seed(config.seed + ctx.rank)
@@ -185,7 +188,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
     # -- data -----------------------------------------------------------------------------------------------
     dataset = PairDataset(
         sources, train_items, model.preprocess, model.context_length, config.seed, caption_fn,
-        Augmentation() if config.augment else None,
+        Augmentation() if config.augment else None, view_balance_weights(sources, train_items, config.balance_views),
     )
     if config.cache_images:
         dataset.enable_cache()
