@@ -69,3 +69,31 @@ def test_configured_hooks_fail_before_training(tmp_path, pairs_spec):
         configured_hooks(small_config([pairs_spec], eval_hooks=["no_colon"]))
     with pytest.raises(FetalCLIPError, match="cannot import"):
         configured_hooks(small_config([pairs_spec], eval_hooks=["fetalclip.nothing:here"]))
+
+
+def test_zero_shot_on_the_held_out_patients_of_several_sources(tmp_path, pairs_spec):
+    from fetalclip.errors import FetalCLIPError
+    from fetalclip.train import train
+    from fetalclip.train.data import held_out_dataset, open_sources, split_by_patient
+    from fetalclip.train.hooks import configured_hooks
+
+    from .conftest import small_config
+
+    data = [pairs_spec, "sim:8,size=64,per_patient=2,classes=femur+abdomen,seed=5"]
+    config = small_config(data, steps=2, holdout_fraction=0.5, zeroshot_planes="holdout", eval_max_samples=100)
+    sources = open_sources(data)
+    train_items, held_items = split_by_patient(sources, 0.5, config.seed)
+    held = held_out_dataset(sources, held_items)
+    (hook,) = configured_hooks(config, held)
+    assert {d for d, _ in held_items} == {0, 1}  # both sources have held-out patients
+    # Exactly the held-out samples, each read by its own source's loader.
+    assert [r["source"] for r in hook.dataset.records] == [sources[d].records[i]["source"] for d, i in held_items]
+    for k, (d, i) in enumerate(held_items):
+        assert (hook.dataset[k]["image"] == sources[d][i]["image"]).all()
+    trained_on = {sources[d].records[i]["source"] for d, i in train_items}
+    assert not trained_on & {r["source"] for r in hook.dataset.records}
+
+    result = train(config, tmp_path / "run")
+    assert result.eval["zeroshot/planes/n"] == len(held_items)
+    with pytest.raises(FetalCLIPError, match="holdout_fraction > 0"):
+        small_config(data, zeroshot_planes="holdout")

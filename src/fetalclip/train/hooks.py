@@ -4,8 +4,8 @@ The loop passes the bare ``FetalCLIP`` model in eval mode under ``torch.no_grad`
 (names like ``retrieval/i2t_view_r5``, as big_vision's evaluators name theirs), so zero-shot evaluators can
 be plugged in without the loop knowing them. :class:`RetrievalHook` is the built-in one: image-text
 retrieval on held-out pairs. :class:`ZeroShotHook` runs the zero-shot tasks (planes, brain sub-planes,
-gestational age) on a dataset named in the recipe (``zeroshot_planes = "fpdb:DIR"``, ...), without bootstrap
-intervals; ``eval_hooks = ["module:factory"]`` adds any other hook, built as ``factory(config)``. The
+gestational age) on a dataset named in the recipe (``zeroshot_planes = "fpdb:DIR"``, ...) or on the run's own
+held-out patients (``zeroshot_planes = "holdout"``), without bootstrap intervals; ``eval_hooks = ["module:factory"]`` adds any other hook, built as ``factory(config)``. The
 zero-shot code belongs to ``fetalclip.tasks`` and is imported only when such a hook is configured.
 
 Retrieval is scored at two levels. *Pair* recall@k asks for an image's own caption among the top k of all
@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.datasets import SampleDataset
 from ..errors import FetalCLIPError
 from .data import HeldOutPair
 
@@ -87,6 +88,7 @@ class RetrievalHook:
 
 # -- zero-shot evaluation during training ------------------------------------------------------------------------
 ZEROSHOT_TASKS = ("planes", "brain", "ga")
+HOLDOUT = "holdout"  # a zeroshot_* value: evaluate on the run's held-out patients
 
 
 class ZeroShotHook:
@@ -96,12 +98,13 @@ class ZeroShotHook:
     to ``max_samples`` images drawn once with ``seed``, so every evaluation of a run scores the same images.
     """
 
-    def __init__(self, task: str, spec: str, max_samples: int | None = 512, seed: int = 0, batch_size: int = 64):
+    def __init__(self, task: str, source: str | SampleDataset, max_samples: int | None = 512, seed: int = 0, batch_size: int = 64):
         from ..data.datasets import open_dataset
 
         if task not in ZEROSHOT_TASKS:
             raise ValueError(f"unknown zero-shot task {task!r}; use one of {ZEROSHOT_TASKS}")
-        dataset = open_dataset(spec)
+        dataset = open_dataset(source) if isinstance(source, str) else source
+        spec = source if isinstance(source, str) else dataset.name
         keep = self._eligible(task, dataset)
         if not keep:
             what = {"planes": "a plane label", "brain": "a brain sub-plane label", "ga": "a pixel spacing and HC"}[task]
@@ -143,12 +146,19 @@ def load_hook_factory(reference: str) -> Callable[[Any], EvalHook]:
     return factory
 
 
-def configured_hooks(config) -> list[EvalHook]:
-    """The evaluation hooks a training config asks for: zero-shot datasets, then ``eval_hooks`` factories."""
+def configured_hooks(config, held_out: SampleDataset | None = None) -> list[EvalHook]:
+    """The evaluation hooks a training config asks for: zero-shot datasets, then ``eval_hooks`` factories.
+
+    A zero-shot dataset given as ``"holdout"`` is ``held_out``: the run's own held-out patients, never trained on.
+    """
     hooks: list[EvalHook] = []
     for task in ZEROSHOT_TASKS:
         spec = getattr(config, f"zeroshot_{task}")
-        if spec:
+        if spec == HOLDOUT:
+            if held_out is None or not len(held_out):
+                raise FetalCLIPError(f"zeroshot_{task} = {HOLDOUT!r} needs held-out patients (holdout_fraction > 0)")
+            hooks.append(ZeroShotHook(task, held_out, config.eval_max_samples, config.seed))
+        elif spec:
             hooks.append(ZeroShotHook(task, spec, config.eval_max_samples, config.seed))
     for reference in config.eval_hooks:
         hook = load_hook_factory(reference)(config)
