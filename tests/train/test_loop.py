@@ -58,6 +58,40 @@ def test_locked_image_tower_stays_fixed(tmp_path, pairs_spec):
     assert not torch.equal(after.clip.text_projection, start.clip.text_projection)
 
 
+def test_gradient_checkpointing_recomputes_blocks_and_keeps_the_losses(tmp_path, pairs_spec, monkeypatch):
+    import open_clip.transformer
+
+    calls = []
+    original = open_clip.transformer.checkpoint
+
+    def counting(function, *args, **kwargs):
+        calls.append(function)
+        return original(function, *args, **kwargs)
+
+    monkeypatch.setattr(open_clip.transformer, "checkpoint", counting)
+    plain = train(small_config([pairs_spec], steps=3), tmp_path / "plain")
+    assert calls == []
+    checkpointed = train(small_config([pairs_spec], steps=3, grad_checkpointing=True), tmp_path / "checkpointed")
+    # Every residual block of both towers (6 image + 4 text) runs through checkpoint() at every step.
+    assert len(calls) == 3 * (6 + 4)
+    assert checkpointed.losses == pytest.approx(plain.losses, rel=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_close_to_fp32(tmp_path, pairs_spec, precision):
+    """Autocast (and, for fp16, the gradient scaler) on CPU: the same run in low precision stays near fp32."""
+    fp32 = train(small_config([pairs_spec], steps=3, precision="fp32"), tmp_path / "fp32")
+    config = small_config([pairs_spec], steps=3, precision=precision, save_every=2)
+    low = train(config, tmp_path / precision)
+    assert low.losses != fp32.losses  # autocast really ran in low precision
+    assert low.losses == pytest.approx(fp32.losses, rel=0.05)
+    checkpoint = torch.load(tmp_path / precision / "checkpoints" / "step-00000002.pt", weights_only=False)
+    assert (checkpoint["scaler"] is not None) == (precision == "fp16")
+    # The exported model is plain fp32 whatever the training precision.
+    model = fetalclip.load(tmp_path / precision / "model")
+    assert {p.dtype for p in model.clip.parameters()} == {torch.float32}
+
+
 def _command(run_dir, spec, steps, extra=()):
     return [
         "--out", str(run_dir), "--data", spec, "--steps", str(steps), "--batch-size", "8", "--lr", "1e-3",
