@@ -7,8 +7,8 @@ image-text batches (our data pipeline feeds both, in the same order), with the s
 
 Images/s excludes each side's first step (start-up). Peak memory is the process's resident set sampled every
 2 ms during each side's run, reported as the rise above its level just before that run (on CUDA: peak
-allocated tensor memory). Sides alternate for ``--rounds`` rounds; the best images/s and the highest peak of
-each are reported. Data: the shared HC18 + FETAL_PLANES_DB images when present (``FETALCLIP_DATA``), else
+allocated tensor memory). Sides alternate for ``--rounds`` rounds (open_clip first in odd rounds, ours first
+in even ones); the best images/s and the highest peak of each are reported. Data: the shared HC18 + FETAL_PLANES_DB images when present (``FETALCLIP_DATA``), else
 generated images.
 
     python benchmarks/train_throughput.py [--steps 8] [--batch-size 16] [--rounds 2]
@@ -167,7 +167,9 @@ def main() -> None:
         best = {"open_clip_train": 0.0, "fetalclip": 0.0}
         peak = {"open_clip_train": 0.0, "fetalclip": 0.0}
         for round_ in range(options.rounds):
-            for side in ("open_clip_train", "fetalclip"):
+            # Alternate which side goes first, so neither always inherits the other's heap and caches.
+            order = ("open_clip_train", "fetalclip") if round_ % 2 == 0 else ("fetalclip", "open_clip_train")
+            for side in order:
                 with PeakRSS() as memory:
                     if side == "fetalclip":
                         speed = run_ours(config, tmp / f"run{round_}")
