@@ -5,7 +5,7 @@ import torch
 
 import fetalclip
 from fetalclip.errors import CheckpointError, ModelNotFoundError
-from fetalclip.models import create_model, read_published_state_dict, write_published_checkpoint
+from fetalclip.models import read_published_state_dict, write_published_checkpoint
 
 
 def _embeddings(model):

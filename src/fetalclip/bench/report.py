@@ -20,11 +20,11 @@ import html
 import io
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from ..io import write_json_atomic, write_text_atomic
 from .harness import BenchmarkRun
-from .tasks import PUBLISHED_CLIP, PUBLISHED_FETALCLIP, TaskRegistry, TaskSpec
+from .tasks import PUBLISHED_CLIP, PUBLISHED_FETALCLIP, TaskSpec
 
 PUBLISHED_SOURCE = "Maani et al. 2025 (arXiv 2502.14807), their full datasets and splits"
 PUBLISHED_ROWS = (PUBLISHED_FETALCLIP, PUBLISHED_CLIP)

@@ -163,7 +163,6 @@ def _encode_input(task: tuple[int, int, int]) -> tuple[int, list[dict[str, Any]]
     dataset = _STATE["datasets"][dataset_index]
     settings: PackSettings = _STATE["settings"]
     caption_fn: CaptionFn | None = _STATE["caption_fn"]
-    record = dataset.records[record_index]
     scheme = settings.specs[dataset_index].split(":", 1)[0]
     plain_loader = dataset.loader in (load_record_image, load_hc18_record)
     encoded = []

@@ -42,7 +42,6 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistCon
     Under torchrun each process takes GPU ``LOCAL_RANK``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
 
     if device == "auto":
