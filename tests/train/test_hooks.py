@@ -30,6 +30,22 @@ def test_perfect_and_shuffled_features():
     assert swapped["i2t_r1"] == 0.0 and swapped["i2t_view_r1"] == 0.0  # each image's best caption is a neighbour's
 
 
+def test_view_recall_p_value_separates_real_rankings_from_a_collapsed_model():
+    torch.manual_seed(0)
+    views = ["a"] * 12 + ["b"] * 4 + ["c"] * 4 + ["d"] * 4
+    centres = F.normalize(torch.randn(4, 16), dim=-1)
+    features = F.normalize(centres[[ord(v) - ord("a") for v in views]] + 0.3 * torch.randn(len(views), 16), dim=-1)
+    informative = retrieval_metrics(features, features, views, ks=(5,), permutations=500)
+    assert informative["i2t_view_r5"] == 1.0 and informative["i2t_view_r5_p"] <= 2 / 501
+    # Every image ranks the captions the same way: the fixed top 5 may hold rare views (a high macro recall),
+    # but swapping the images' views changes nothing, so the test cannot call it better than chance.
+    collapsed_images = torch.ones(len(views), 16) / 4
+    lucky_text = F.normalize(torch.randn(len(views), 16), dim=-1)
+    collapsed = retrieval_metrics(collapsed_images, lucky_text, views, ks=(5,), permutations=200)
+    assert collapsed["i2t_view_r5_p"] == 1.0
+    assert "i2t_view_r5_p" not in retrieval_metrics(features, features, views, ks=(5,), permutations=0)
+
+
 def _count_factory(config):
     """An ``eval_hooks`` factory for the test below: a hook reporting the step and the recipe's seed."""
     return lambda model, step: {"custom/step": float(step), "custom/seed": float(config.seed)}

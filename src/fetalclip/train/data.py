@@ -4,8 +4,8 @@
 and are concatenated. The run's data order is one infinite sequence of *positions*: epoch ``e`` is a seeded
 permutation of the training samples (with ``balance_views``, as many seeded weighted draws), and optimiser
 step ``s`` consumes positions ``[s*B, (s+1)*B)`` of the global batch ``B``, split between processes and
-accumulation micro-batches. Everything random about a
-sample (its caption phrasing, its augmentation) is seeded by its position too. Consequences, all deliberate:
+accumulation micro-batches. Everything random about a sample (its caption phrasing, its augmentation) is
+seeded by its position too. Consequences, all deliberate:
 
 - resuming at step ``s`` only needs ``s`` (the checkpoint's data position is ``s*B``), with no replay;
 - a run on 2 processes sees exactly the global batches a run on 1 process sees, so it can be checked against
@@ -99,7 +99,7 @@ def view_balance_weights(datasets: Sequence[SampleDataset], items: Sequence[Item
     if balance <= 0:
         return None
     views = [view_of(datasets[d].records[i]) for d, i in items]
-    names, inverse, counts = np.unique(np.asarray(views, dtype=object).astype(str), return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(np.asarray(views, dtype=object).astype(str), return_inverse=True, return_counts=True)
     weights = counts[inverse].astype(np.float64) ** -balance
     return weights / weights.sum()
 
