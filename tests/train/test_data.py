@@ -185,3 +185,40 @@ def test_reads_what_the_data_layer_packs(tmp_path):
     sample = dataset[3]
     assert sample["caption"] and sample["image"].dtype == np.uint8 and sample["label"] in LABELS
     assert sample["patient"] is not None and sample["metadata"]["dataset"]
+
+
+def test_clean_reads_dataset_specs_through_the_cleaner(tmp_path):
+    from fetalclip.data.cleaning import clean_sample
+    from fetalclip.train.data import held_out_dataset
+
+    spec = "sim:4,size=96,overlay=1,seed=2"  # every phantom image with burned-in text and calipers
+    raw, cleaned = open_sources([spec])[0], open_sources([spec], clean=True)[0]
+    changed = 0
+    for i in range(len(raw)):
+        expected = clean_sample(raw[i])["image"]
+        assert np.array_equal(cleaned[i]["image"], expected)
+        changed += not np.array_equal(expected, raw[i]["image"])
+    assert changed == len(raw)
+    # Held-out evaluation reads the same cleaned images as training.
+    sources = open_sources([spec], clean=True)
+    assert np.array_equal(held_out_dataset(sources, [(0, 1)])[0]["image"], cleaned[1]["image"])
+    # Shard folders are read as packed.
+    _write_shards(tmp_path / "shards")
+    packed = open_sources([str(tmp_path / "shards")], clean=True)[0]
+    assert packed.loader is open_shard_folder(tmp_path / "shards").loader
+
+
+def test_training_with_clean_cleans_every_sample_it_reads(tmp_path, monkeypatch):
+    import fetalclip.data.cleaning as cleaning
+    from fetalclip.train import train
+
+    from .conftest import small_config
+
+    calls = []
+    original = cleaning.clean_sample
+    monkeypatch.setattr(cleaning, "clean_sample", lambda sample: calls.append(sample["source"]) or original(sample))
+    spec = "sim:8,size=64,overlay=1,seed=2"
+    train(small_config([spec], steps=1, batch_size=8, cache_images=True), tmp_path / "plain")
+    assert calls == []
+    train(small_config([spec], steps=2, batch_size=8, cache_images=True, clean=True), tmp_path / "clean")
+    assert len(set(calls)) == 8 and len(calls) == 8  # each sample cleaned once, then served from the cache

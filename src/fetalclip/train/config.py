@@ -42,6 +42,7 @@ class TrainConfig:
     # -- data ----------------------------------------------------------------------------------------------
     data: list[str] = field(default_factory=list)  # shard folders and/or dataset specs
     holdout_fraction: float = 0.0  # share of patients kept out of training for evaluation hooks
+    clean: bool = False  # remove burned-in text and what lies outside the sector from dataset specs (not shards)
     caption_fn: str = "template"  # "template" or "module:function" (a CaptionFn) for samples without a caption
     balance_views: float = 0.0  # draw weight per sample ~ (samples of its view)^-balance: 0 natural, 1 views equal
     augment: bool = False
@@ -235,8 +236,9 @@ def make_config(
 # different run, so ``--resume`` refuses. ``steps`` (extending a run) and observability settings may change.
 TRAJECTORY_KEYS = (
     "model", "init", "context_length", "model_overrides", "lock_image", "lock_image_unlocked_groups", "lock_text",
-    "lock_text_unlocked_layers", "data", "holdout_fraction", "caption_fn", "balance_views", "augment", "batch_size", "accum_steps",
-    "lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "loss", "seed",
+    "lock_text_unlocked_layers", "data", "holdout_fraction", "clean", "caption_fn", "balance_views", "augment",
+    "batch_size", "accum_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
+    "loss", "seed",
 )
 
 

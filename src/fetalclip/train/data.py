@@ -40,8 +40,25 @@ _CAPTION_STREAM, _AUGMENT_STREAM, _SPLIT_STREAM, _ORDER_STREAM = 1, 2, 3, 4
 ItemRef = tuple[int, int]  # (dataset number, index within it)
 
 
-def open_sources(specs: Sequence[str]) -> list[SampleDataset]:
-    """Each ``--data`` value as a dataset: a shard folder (path, or ``shards:PATH``) or a dataset spec."""
+class _CleaningLoader:
+    """A dataset's loader followed by ``clean_sample`` (picklable, for loader worker processes)."""
+
+    def __init__(self, loader: Callable[[dict[str, Any]], dict[str, Any]]):
+        self.loader = loader
+
+    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+        from ..data.cleaning import clean_sample
+
+        return clean_sample(self.loader(record))
+
+
+def open_sources(specs: Sequence[str], clean: bool = False) -> list[SampleDataset]:
+    """Each ``--data`` value as a dataset: a shard folder (path, or ``shards:PATH``) or a dataset spec.
+
+    ``clean``: dataset specs are read through ``clean_sample`` (burned-in text, calipers and everything outside
+    the scan sector removed, as ``data pack`` does by default), for training and held-out evaluation alike.
+    Shard folders are read as they are: ``data pack`` decided about cleaning when it wrote them.
+    """
     if not specs:
         raise FetalCLIPError("no training data: give --data with shard folders or dataset specs")
     datasets = []
@@ -52,7 +69,10 @@ def open_sources(specs: Sequence[str]) -> list[SampleDataset]:
         elif spec.startswith("shards:") or (":" not in spec and Path(spec).exists()):
             raise FetalCLIPError(f"{path}: not a shard folder (no shard-*.tar, no manifest.json)")
         else:
-            datasets.append(open_dataset(spec))
+            dataset = open_dataset(spec)
+            if clean:
+                dataset = SampleDataset(dataset.name, dataset.records, _CleaningLoader(dataset.loader), dataset.missing)
+            datasets.append(dataset)
         if not len(datasets[-1]):
             raise FetalCLIPError(f"{spec}: holds no samples")
     return datasets

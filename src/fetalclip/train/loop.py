@@ -146,7 +146,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
         raise FetalCLIPError(f"{run_dir}: already at step {start_step} of {config.steps}; raise --steps to train further")
 
     # Data first: a wrong path should fail before minutes of model building.
-    sources = open_sources(config.data)
+    sources = open_sources(config.data, config.clean)
     train_items, holdout_items = split_by_patient(sources, config.holdout_fraction, config.seed)
     caption_fn = resolve_caption_fn(config.caption_fn)
     # Configured evaluations open their datasets now, so a wrong path fails before the model is built.
