@@ -21,6 +21,8 @@ from typing import Any, Mapping
 from ..errors import FetalCLIPError
 
 LOSSES = ("clip", "siglip")
+ZEROSHOT_TASKS = ("planes", "brain", "ga")  # each has a zeroshot_<task> setting
+HOLDOUT = "holdout"  # a zeroshot_<task> value: evaluate on the run's held-out patients
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # Tables a config file may use to group keys; purely cosmetic (they differ from every setting's name).
@@ -99,9 +101,9 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 0")
         if not 0.0 <= self.balance_views <= 1.0:
             problems.append("balance_views must be in [0, 1]")
-        for task in ("planes", "brain", "ga"):
-            if getattr(self, f"zeroshot_{task}") == "holdout" and not self.holdout_fraction:
-                problems.append(f"zeroshot_{task} = 'holdout' needs holdout_fraction > 0")
+        for task in ZEROSHOT_TASKS:
+            if getattr(self, f"zeroshot_{task}") == HOLDOUT and not self.holdout_fraction:
+                problems.append(f"zeroshot_{task} = {HOLDOUT!r} needs holdout_fraction > 0")
         if not 0.0 <= self.holdout_fraction < 1.0:
             problems.append("holdout_fraction must be in [0, 1)")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:

@@ -5,8 +5,9 @@ The loop passes the bare ``FetalCLIP`` model in eval mode under ``torch.no_grad`
 be plugged in without the loop knowing them. :class:`RetrievalHook` is the built-in one: image-text
 retrieval on held-out pairs. :class:`ZeroShotHook` runs the zero-shot tasks (planes, brain sub-planes,
 gestational age) on a dataset named in the recipe (``zeroshot_planes = "fpdb:DIR"``, ...) or on the run's own
-held-out patients (``zeroshot_planes = "holdout"``), without bootstrap intervals; ``eval_hooks = ["module:factory"]`` adds any other hook, built as ``factory(config)``. The
-zero-shot code belongs to ``fetalclip.tasks`` and is imported only when such a hook is configured.
+held-out patients (``zeroshot_planes = "holdout"``), without bootstrap intervals; ``eval_hooks =
+["module:factory"]`` adds any other hook, built as ``factory(config)``. The zero-shot code belongs to
+``fetalclip.tasks`` and is imported only when such a hook is configured.
 
 Retrieval is scored at two levels. *Pair* recall@k asks for an image's own caption among the top k of all
 held-out captions; since template captions of one view differ only in age and spacing, it is a hard target.
@@ -28,6 +29,7 @@ import torch
 
 from ..data.datasets import SampleDataset
 from ..errors import FetalCLIPError
+from .config import HOLDOUT, ZEROSHOT_TASKS
 from .data import HeldOutPair
 
 EvalHook = Callable[[torch.nn.Module, int], dict[str, float]]
@@ -121,8 +123,6 @@ class RetrievalHook:
 
 
 # -- zero-shot evaluation during training ------------------------------------------------------------------------
-ZEROSHOT_TASKS = ("planes", "brain", "ga")
-HOLDOUT = "holdout"  # a zeroshot_* value: evaluate on the run's held-out patients
 
 
 class ZeroShotHook:
