@@ -106,12 +106,10 @@ class Comparison:
 @dataclass
 class DemoResult:
     plan: DemoPlan
-    out_dir: Path
     comparisons: list[Comparison]
     table: str
     report_paths: dict[str, Path]
     timings_s: dict[str, float] = field(default_factory=dict)
-    train_losses: tuple[float, float] | None = None
 
     @property
     def pretrained_ahead_everywhere(self) -> bool:
@@ -249,7 +247,7 @@ def run_demo(
     report_paths = write_report(run, out_dir)
     timings["evaluation"] = time.perf_counter() - started
 
-    result = DemoResult(plan, out_dir, compare_models(run), markdown_table(run), report_paths, timings, losses)
+    result = DemoResult(plan, compare_models(run), markdown_table(run), report_paths, timings)
     write_json_atomic(out_dir / "demo.json", {
         "plan": asdict(plan),
         "data": specs,
