@@ -12,7 +12,19 @@ import torch
 
 from fetalclip.bench.harness import BenchmarkRun, ModelRef
 from fetalclip.bench.tasks import default_registry, metric
-from fetalclip.demo import PRETRAINED_LABEL, RANDOM_LABEL, TABLE_TASKS, compare_models, plan_demo
+from fetalclip.demo import (
+    LOSS,
+    MISSING,
+    PRETRAINED_LABEL,
+    RANDOM_LABEL,
+    TABLE_TASKS,
+    TIE,
+    WIN,
+    DemoResult,
+    compare_models,
+    judge,
+    plan_demo,
+)
 from fetalclip.errors import FetalCLIPError
 
 
@@ -28,32 +40,60 @@ def test_plan_scales_with_the_budget_and_keeps_sets_apart():
             plan_demo(bad)
 
 
-def _run(values: dict[str, tuple[float | None, float | None]]) -> BenchmarkRun:
+def _run(values: dict[str, tuple]) -> BenchmarkRun:
+    """A benchmark run holding, per task, (random value, pretrained value) or ((value, ci), (value, ci))."""
     registry = default_registry()
     entries = []
     for task, pair in values.items():
-        for label, value in zip((RANDOM_LABEL, PRETRAINED_LABEL), pair):
+        for label, cell in zip((RANDOM_LABEL, PRETRAINED_LABEL), pair):
+            value, ci = cell if isinstance(cell, tuple) else (cell, None)
             primary = registry.get(task).primary
             done = value is not None
             entries.append({"model": label, "task": task, "status": "done" if done else "failed",
-                            "metrics": {primary: metric(value)} if done else {}})
+                            "metrics": {primary: metric(value, ci)} if done else {}})
     models = [ModelRef(RANDOM_LABEL, "fetalclip-tiny"), ModelRef(PRETRAINED_LABEL, "run/model")]
     return BenchmarkRun(models, list(values), entries, [], {}, registry)
 
 
-def test_verdict_follows_each_metric_direction():
-    run = _run({
-        "zeroshot-planes": (20.0, 60.0),  # higher is better: ahead
-        "zeroshot-ga": (30.0, 30.0),  # a tie is not ahead
-        "biometry-hc": (9.0, 4.0),  # lower is better: ahead
-        "segment-hc": (80.0, math.nan),  # no number is not ahead
-        "probe-planes": (50.0, None),  # a failed cell is not ahead
-    })
-    verdict = {c.task: c.pretrained_ahead for c in compare_models(run)}
-    assert verdict == {"zeroshot-planes": True, "zeroshot-ga": False, "probe-planes": False, "segment-hc": False,
-                       "biometry-hc": True}
-    worse = _run({"biometry-hc": (4.0, 9.0)})
-    assert [c.pretrained_ahead for c in compare_models(worse)] == [False]
+def test_outcome_is_ahead_or_behind_only_outside_both_intervals():
+    assert judge(60.0, (55.0, 66.0), 5.5, (3.9, 7.0), True) == WIN
+    assert judge(5.5, (3.9, 7.0), 60.0, (55.0, 66.0), True) == LOSS
+    # The issue's failing run: 98.16 vs 98.30 Dice, 2.56 vs 2.43 mm, far inside the intervals: ties, not losses.
+    assert judge(2.56, (1.59, 3.94), 2.43, (1.80, 3.11), False) == TIE
+    assert judge(2.06, (1.37, 2.89), 2.43, (1.80, 3.12), False) == TIE
+    # Lower is better: a clearly smaller error is ahead, a clearly larger one behind.
+    assert judge(1.0, (0.8, 1.2), 3.0, (2.5, 3.5), False) == WIN
+    assert judge(3.0, (2.5, 3.5), 1.0, (0.8, 1.2), False) == LOSS
+    # One value inside the other's interval is a tie even when the other is outside.
+    assert judge(37.7, (31.4, 44.1), 32.0, (26.0, 38.0), True) == TIE
+    # Without an interval nothing is told apart from noise; without a value there is nothing to compare.
+    assert judge(98.4, None, 98.3, None, True) == TIE
+    assert judge(98.4, (98.0, 98.8), 98.3, None, True) == TIE
+    for missing in (None, math.nan):
+        assert judge(missing, None, 1.0, (0.5, 1.5), True) == MISSING
+
+
+def test_verdict_rests_on_the_tasks_that_read_what_pretraining_learns():
+    clear_win = ((20.0, (15.0, 25.0)), (60.0, (55.0, 65.0)))
+    tie = ((30.0, (25.0, 35.0)), (32.0, (27.0, 37.0)))
+    loss = ((40.0, (35.0, 45.0)), (20.0, (15.0, 25.0)))
+    seg_loss = ((99.0, (98.9, 99.1)), (90.0, (89.0, 91.0)))
+    passing = _run({"zeroshot-planes": clear_win, "zeroshot-ga": tie, "probe-planes": clear_win,
+                    "segment-hc": seg_loss, "biometry-hc": ((2.4, (1.8, 3.1)), (2.6, (1.6, 3.9)))})
+    result = DemoResult(plan_demo(1), compare_models(passing), "", {})
+    outcomes = {c.task: c.outcome for c in result.comparisons}
+    assert outcomes == {"zeroshot-planes": WIN, "zeroshot-ga": TIE, "probe-planes": WIN, "segment-hc": LOSS,
+                        "biometry-hc": TIE}
+    assert result.passed and result.failing_tasks() == []  # segmentation is shown, not judged
+    assert {c.task for c in result.comparisons if c.requirement} == {"zeroshot-planes", "zeroshot-ga", "probe-planes"}
+    assert all(c.reason for c in result.comparisons)
+    # A tie where a win is required, a loss where no loss is allowed, a failed cell: each fails the demo.
+    for task, cells in (("zeroshot-planes", tie), ("probe-planes", tie), ("zeroshot-ga", loss),
+                        ("zeroshot-planes", (20.0, None))):
+        values = {"zeroshot-planes": clear_win, "zeroshot-ga": tie, "probe-planes": clear_win, task: cells}
+        failing = DemoResult(plan_demo(1), compare_models(_run(values)), "", {})
+        assert not failing.passed and failing.failing_tasks() == [task], task
+    assert not DemoResult(plan_demo(1), [], "", {}).passed  # nothing judged is not a pass
 
 
 def test_random_init_row_is_the_model_pretraining_starts_from():
@@ -82,8 +122,10 @@ def test_short_demo_runs_the_whole_chain(tmp_path, one_thread, render_in_chromiu
     assert [c["task"] for c in summary["comparisons"]] == list(TABLE_TASKS)
     values = {c["task"]: c for c in summary["comparisons"]}
     assert all(c["random_init"] is not None and c["pretrained"] is not None for c in summary["comparisons"])
-    # Even a minute of pretraining teaches the views: zero-shot planes must beat random weights.
-    assert values["zeroshot-planes"]["pretrained_ahead"]
+    # Even a minute of pretraining teaches the views: zero-shot planes is ahead outside both intervals.
+    assert values["zeroshot-planes"]["outcome"] == WIN
+    assert summary["passed"] == all(c["passes"] for c in summary["comparisons"])
+    assert "verdict (ahead / behind only when" in result.output
     # Evaluation patients are never training patients.
     def patients(name):
         with (out / "data" / name / "manifest.csv").open() as handle:

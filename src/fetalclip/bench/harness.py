@@ -203,7 +203,7 @@ def run_benchmark(
     model_loader: Callable[..., Any] = load_model,
 ) -> BenchmarkRun:
     """Compute (or reuse) every requested task for every model; results land in ``out_dir/store``."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from ..data.datasets import open_dataset
 
@@ -251,7 +251,7 @@ def run_benchmark(
     computed = reused = 0
     total = len(models) * len(runnable)
     position = 0
-    bar = tqdm(total=total, disable=not progress or total == 0, unit="cell", desc="benchmark")
+    bar = progress_bar(total=total, disable=not progress or total == 0, unit="cell", desc="benchmark")
 
     def say(line: str) -> None:
         # Lines go above the progress bar when there is one, else to ``echo`` (tests capture it).

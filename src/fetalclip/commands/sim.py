@@ -22,7 +22,7 @@ def sim_command(
     ),
 ) -> None:
     """Render a phantom set that every command reads as csv:OUT/manifest.csv."""
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     from ..sim.dataset import parse_sim_spec, write_phantom
 
@@ -30,7 +30,7 @@ def sim_command(
     if classes.strip():
         spec += ",classes=" + "+".join(c.strip() for c in classes.split(",") if c.strip())
     count, config = parse_sim_spec(spec)
-    summary = write_phantom(count, config, out, progress=lambda it: tqdm(it, total=count, desc="phantom", unit="img"))
+    summary = write_phantom(count, config, out, progress=lambda it: progress_bar(it, total=count, desc="phantom", unit="img"))
     typer.echo(f"{'view':<20} {'images':>6}")
     for view, number in summary["counts"].items():
         typer.echo(f"{view:<20} {number:>6}")

@@ -298,7 +298,7 @@ def pack_shards(
     (a resumed run must use the same). ``workers``: processes for decoding/cleaning/encoding (default: the
     machine's cores; 0 or 1 runs in this process).
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from .datasets import open_dataset
 
@@ -353,7 +353,7 @@ def pack_shards(
     shard_start = start
     written = 0
     try:
-        with tqdm(total=len(tasks), initial=start, unit="img", desc="pack", disable=not progress) as bar:
+        with progress_bar(total=len(tasks), initial=start, unit="img", desc="pack", disable=not progress) as bar:
             for position, items, bad in _ordered(tasks[start:], workers):
                 if bad is not None:
                     if not skip_bad:
@@ -437,7 +437,7 @@ class CheckResult:
 def check_shards(folder: str | os.PathLike, decode: bool = True, progress: bool = False) -> CheckResult:
     """Verify a shard folder against its manifest: files, sizes, checksums, sample counts, that every sample
     has png/txt/json, and (``decode``) that images, masks and JSON decode."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -448,7 +448,7 @@ def check_shards(folder: str | os.PathLike, decode: bool = True, progress: bool 
     for extra in sorted(p.name for p in folder.glob("shard-*.tar")):
         if extra not in listed:
             result.problems.append(f"{extra}: shard file not listed in the manifest")
-    for entry in tqdm(manifest.get("shards", []), unit="shard", desc="check", disable=not progress):
+    for entry in progress_bar(manifest.get("shards", []), unit="shard", desc="check", disable=not progress):
         path = folder / entry["name"]
         if not path.is_file():
             result.problems.append(f"{entry['name']}: missing")

@@ -243,7 +243,7 @@ def measure_dataset(dataset, segmenter=None, cache=None, progress: bool = False,
     every foreground label (``head_labels=None``: structures drawn inside the skull belong to the head) and
     only images labelled ``brain`` (or unlabelled) are measured; others are counted as skipped.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from ..metrics import dice, hausdorff_mm
     from .segmentation import probabilities_to_original, sample_mask
@@ -273,7 +273,7 @@ def measure_dataset(dataset, segmenter=None, cache=None, progress: bool = False,
                 for i, probs in zip(index, logits.softmax(dim=1)):
                     predicted[int(i)] = probs
     rows = []
-    for i in tqdm(range(len(dataset)), desc="biometry", disable=not progress):
+    for i in progress_bar(range(len(dataset)), desc="biometry", disable=not progress):
         sample = dataset[i]
         height, width = sample["image"].shape[:2]
         row: dict[str, Any] = {"source": sample["source"], "patient": sample.get("patient"), "ref_hc_mm": sample.get("hc_mm")}

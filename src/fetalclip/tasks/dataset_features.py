@@ -56,7 +56,7 @@ def embed_dataset(
     cache: Any = None,
 ) -> DatasetFeatures:
     """Embed ``dataset[i]`` for ``i`` in ``indices`` (default: all), in batches (or through ``cache``)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     indices = list(range(len(dataset))) if indices is None else list(indices)
     if cache is not None:
@@ -65,7 +65,7 @@ def embed_dataset(
     kept: list[int] = []
     spacings: list[float | None] = []
     skipped: list[tuple[str, str]] = []
-    with tqdm(total=len(indices), unit="img", desc=desc, disable=not progress) as bar:
+    with progress_bar(total=len(indices), unit="img", desc=desc, disable=not progress) as bar:
         for batch, results in prefetched_batches(indices, lambda i: _prepare(model, dataset, i), batch_size, num_threads):
             tensors = []
             for index, result in zip(batch, results):

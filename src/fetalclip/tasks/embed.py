@@ -78,7 +78,7 @@ def embed_files(
     mode: str = "exact",
 ) -> EmbeddingResult:
     """Embed image files in batches; ``mode`` is ``exact`` (default), ``int8`` or ``eager`` (see module doc)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     check_mode(mode)
     paths = [Path(p) for p in paths]
@@ -87,7 +87,7 @@ def embed_files(
     embeddings: list[np.ndarray] = []
     sources: list[str] = []
     skipped: list[tuple[str, str]] = []
-    with tqdm(total=len(paths), unit="img", disable=not progress, desc="embed") as bar:
+    with progress_bar(total=len(paths), unit="img", disable=not progress, desc="embed") as bar:
         for batch, results in prefetched_batches(paths, lambda path: _load(preprocess, path), batch_size, num_threads):
             tensors = []
             for path, result in zip(batch, results):

@@ -189,7 +189,7 @@ class FeatureCache:
         return f"{os.path.abspath(source)}|{stat.st_size}|{stat.st_mtime_ns}|{record.get('frame_index')}"
 
     def _entries(self, dataset: SampleDataset, kind: str, variant: dict[str, Any], taps, augment) -> list[dict[str, np.ndarray]]:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         n = len(dataset)
         entries: list[dict[str, np.ndarray] | None] = [None] * n
@@ -203,7 +203,7 @@ class FeatureCache:
                 entries[i] = self._read(self._entry_path(kind, variant, image_hash))
         misses = [i for i in range(n) if entries[i] is None]
         bad: set[int] = set()
-        with tqdm(total=len(misses), unit="img", desc=f"encode {kind}", disable=not self.progress or not misses) as bar:
+        with progress_bar(total=len(misses), unit="img", desc=f"encode {kind}", disable=not self.progress or not misses) as bar:
             for start in range(0, len(misses), self.batch_size):
                 batch, duplicates = [], {}
                 for i in misses[start : start + self.batch_size]:

@@ -180,12 +180,12 @@ def encode_prompt_grid(
         out = torch.cat([clip.encode_text(flat_tokens[i : i + chunk]) for i in range(0, len(flat_tokens), chunk)])
         return out.float().view(n_rows, n_cols, -1).cpu()
 
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     ends = _end_positions(clip, tokens)  # [G, S]
     prefix_lengths = [_common_prefix_length(tokens[g], ends[g]) for g in range(n_rows)]
     out = torch.empty(n_rows, n_cols, model.embed_dim)
-    bar = tqdm(total=n_rows * n_cols, unit="prompt", desc="prompts", disable=not progress)
+    bar = progress_bar(total=n_rows * n_cols, unit="prompt", desc="prompts", disable=not progress)
     for prefix_length in sorted(set(prefix_lengths)):
         rows = [g for g in range(n_rows) if prefix_lengths[g] == prefix_length]
         tail = int(ends[rows].max()) - prefix_length + 1

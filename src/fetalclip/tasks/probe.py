@@ -173,7 +173,7 @@ def run_classification(
     The test split is ``test`` when given (an external set), else the records' own test split when it is
     patient-disjoint, else a seeded patient hold-out of ``test_fraction``.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     classes = sorted(set(data.labels))
     if len(classes) < 2:
@@ -199,7 +199,7 @@ def run_classification(
     per_grid_val: list[list[float]] = [[] for _ in grid]
     per_grid_epochs: list[list[int]] = [[] for _ in grid]
     jobs = [(k, r) for k in range(len(splits.folds)) for r in range(runs)]
-    for k, r in tqdm(jobs, desc="probe", disable=not progress):
+    for k, r in progress_bar(jobs, desc="probe", disable=not progress):
         train, val = splits.folds[k]
         x_train, rows = _training_rows(data, train)
         heads = train_linear_heads(
@@ -276,7 +276,7 @@ def run_fewshot(
     For each N, ``support_sets`` random patient draws (seeded by N and the draw) x ``runs`` head seeds. Sizes
     needing more than the available training patients are skipped and listed.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     classes = sorted(set(data.labels))
     splits = make_splits(data.patients, folds=1, seed=seed, test_fraction=test_fraction,
@@ -301,7 +301,7 @@ def run_fewshot(
     rows, curve, skipped = [], [], []
     usable = [n for n in sizes if 2 * n <= len(patients)]
     skipped = [n for n in sizes if 2 * n > len(patients)]
-    bar = tqdm(total=len(usable) * support_sets * runs, desc="few-shot", disable=not progress)
+    bar = progress_bar(total=len(usable) * support_sets * runs, desc="few-shot", disable=not progress)
     for n in usable:
         scores = []
         for s in range(support_sets):

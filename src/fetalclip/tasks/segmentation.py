@@ -208,7 +208,7 @@ def train_decoder(
     progress: bool = False,
 ) -> TrainedDecoder:
     """Dice-loss training (AdamW) keeping the epoch with the best validation loss; ``patience`` stops early."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     if not len(train) or not len(val):
         raise FetalCLIPError(f"segmentation probe needs training and validation images (got {len(train)} and {len(val)})")
@@ -220,7 +220,7 @@ def train_decoder(
     train, val = np.asarray(train), np.asarray(val)
     best = (math.inf, -1, None)
     history = []
-    bar = tqdm(range(epochs), desc="decoder", disable=not progress)
+    bar = progress_bar(range(epochs), desc="decoder", disable=not progress)
     for epoch in bar:
         decoder.train()
         order = train[torch.randperm(len(train), generator=generator).numpy()]
@@ -354,14 +354,14 @@ def segmentation_data(cache, dataset, taps: Sequence[int] | None = None, progres
     ``merge_labels`` makes every foreground label one class: a head whose inner structures carry labels of
     their own (the phantom's thalami, ventricles, ...) is then segmented as one head, as biometry measures it.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     features = cache.blocks(dataset, taps)
     size = int(size or features.images.shape[1])
     if size % 16:
         raise FetalCLIPError(f"decoder resolution {size} must be a multiple of 16")
     masks, originals, shapes, spacings = [], [], [], []
-    for i in tqdm(range(len(dataset)), desc="masks", disable=not progress):
+    for i in progress_bar(range(len(dataset)), desc="masks", disable=not progress):
         sample = dataset[i]
         mask = sample_mask(sample)
         if merge_labels:

@@ -274,9 +274,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
 def _progress_bar(enabled: bool, total: int, initial: int):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+    return progress_bar(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
