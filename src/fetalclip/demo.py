@@ -96,8 +96,8 @@ VERDICT_RULES: dict[str, tuple[str | None, str]] = {
     "zeroshot-planes": (REQUIRE_WIN, "reads the views pretraining taught the image and text towers"),
     "probe-planes": (REQUIRE_WIN, "reads the views from the frozen image embedding"),
     "zeroshot-ga": (REQUIRE_NO_LOSS, "a modest age model on the phantom: must not be worse, need not be ahead"),
-    "segment-hc": (None, "not judged: the decoder segments phantom heads from pixels with any encoder"),
-    "biometry-hc": (None, "not judged: measured on the segmentation probe's masks (see segment-hc)"),
+    "segment-hc": (None, "the decoder segments phantom heads from pixels with any encoder"),
+    "biometry-hc": (None, "measured on the segmentation probe's masks (see segment-hc)"),
 }
 
 WIN, TIE, LOSS, MISSING = "ahead", "tie", "behind", "missing"
