@@ -81,3 +81,24 @@ def test_report_renders_in_headless_chromium_without_console_errors(tmp_path, tw
     assert console == [], console
     assert 'data-images="9"' in body and 'data-broken-images="0"' in body, body
     assert pixels.std() > 10  # the page drew a table and figures, not a blank or error page
+
+
+def test_markdown_escapes_labels_taken_from_paths(two_model_run):
+    """A model label is often a folder name: table pipes, emphasis or HTML in it must stay literal text."""
+    import dataclasses
+    import re
+
+    from fetalclip.bench.report import _md_code
+
+    hostile = "run|x*<img src=y>`[z](http://e)"
+    old = two_model_run.models[1].label
+    models = [two_model_run.models[0], dataclasses.replace(two_model_run.models[1], label=hostile)]
+    entries = [{**e, "model": hostile} if e["model"] == old else e for e in two_model_run.entries]
+    run = dataclasses.replace(two_model_run, models=models, entries=entries)
+    header, _, first, second = markdown_table(run).splitlines()[:4]
+    unescaped_pipes = lambda line: len(re.findall(r"(?<!\\)\|", line))
+    assert unescaped_pipes(second) == unescaped_pipes(first) == unescaped_pipes(header)
+    assert not re.search(r"(?<!\\)[<*\[`]", second.split(" | ")[0])  # every special of the label escaped
+    assert r"\<img" in second and r"\[z\]" in second
+    # A code span holding a backtick gets a longer fence, so it cannot be closed from inside.
+    assert _md_code("a`b") == "`` a`b ``" and _md_code("plain") == "`plain`"

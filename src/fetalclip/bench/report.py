@@ -19,6 +19,7 @@ import csv
 import html
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -146,7 +147,7 @@ def markdown_table(run: BenchmarkRun) -> str:
             if ref.label in best[spec.name] and number not in (MISSING, "failed"):
                 number = f"**{number}**"
             cells.append(f"{number} {ci}".strip())
-        lines.append(f"| {ref.label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_md_text(ref.label)} | " + " | ".join(cells) + " |")
     for row in PUBLISHED_ROWS:
         cells = [f"{spec.published[row]:.2f}" if row in spec.published else MISSING for spec in specs]
         lines.append(f"| {row} *(published)* | " + " | ".join(cells) + " |")
@@ -175,7 +176,7 @@ def markdown_metrics(run: BenchmarkRun) -> list[str]:
                 value = entry["metrics"].get(name)
                 number, ci = _cell_text(value if value and value.get("value") is not None else None, entry)
                 cells.append(f"{number} {ci}".strip())
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_md_text(label)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -195,9 +196,9 @@ def markdown_report(run: BenchmarkRun) -> str:
     details = markdown_metrics(run)
     if details:
         parts = parts[:-2] + ["## All metrics", *details, "", "## Models", ""]
-    parts += [f"- `{ref.label}`: `{ref.spec}` (weights sha256 `{provenance['models'][ref.label]['sha256'][:16]}…`)" for ref in run.models]
+    parts += [f"- {_md_code(ref.label)}: {_md_code(ref.spec)} (weights sha256 `{provenance['models'][ref.label]['sha256'][:16]}…`)" for ref in run.models]
     parts += ["", "## Data", ""]
-    parts += [f"- `{key}`: `{info['spec']}`, {info['n']} images (manifest sha256 `{info['manifest_sha256'][:16]}…`)"
+    parts += [f"- {_md_code(key)}: {_md_code(info['spec'])}, {info['n']} images (manifest sha256 `{info['manifest_sha256'][:16]}…`)"
               for key, info in sorted(provenance.get("data", {}).items())]
     if run.skipped:
         parts += ["", "## Skipped", ""]
@@ -234,6 +235,21 @@ window.addEventListener('load', function () {
   }
 });
 """
+
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+
+
+def _md_text(value: Any) -> str:
+    """Text from a user (a label taken from a path) as literal Markdown: specials escaped, on one line."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(str(value).split()))
+
+
+def _md_code(value: Any) -> str:
+    """A code span that no backtick inside ``value`` can close early (CommonMark: a longer fence)."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if len(fence) > 1 else f"`{text}`"
 
 
 def _esc(value: Any) -> str:
