@@ -29,7 +29,9 @@ def test_a_bar_closed_early_or_without_total_still_ends_with_its_state():
     bar = progress_bar(total=10, desc="probe", file=log)
     bar.update(3)
     bar.close()
-    assert log.getvalue().splitlines()[-1].startswith("probe") and "3/10" in log.getvalue().splitlines()[-1]
+    lines = log.getvalue().splitlines()
+    assert lines[-1].startswith("probe") and "3/10" in lines[-1]
+    assert sum("3/10" in line for line in lines) == 1  # the end state once, not again by tqdm's own close
     log = io.StringIO()
     with progress_bar(desc="steps", file=log) as bar:
         bar.update(5)

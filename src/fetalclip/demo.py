@@ -100,6 +100,7 @@ VERDICT_RULES: dict[str, tuple[str | None, str]] = {
     "biometry-hc": (None, "measured on the segmentation probe's masks (see segment-hc)"),
 }
 
+NOT_JUDGED = (None, "not judged")
 WIN, TIE, LOSS, MISSING = "ahead", "tie", "behind", "missing"
 
 
@@ -143,11 +144,11 @@ class Comparison:
 
     @property
     def requirement(self) -> str | None:
-        return VERDICT_RULES.get(self.task, (None, ""))[0]
+        return VERDICT_RULES.get(self.task, NOT_JUDGED)[0]
 
     @property
     def reason(self) -> str:
-        return VERDICT_RULES.get(self.task, (None, "not judged"))[1]
+        return VERDICT_RULES.get(self.task, NOT_JUDGED)[1]
 
     @property
     def passes(self) -> bool:

@@ -12,13 +12,14 @@ import io
 import sys
 import time
 
+from tqdm import tqdm as text_tqdm
 from tqdm.auto import tqdm
 
 LINE_STEP = 0.1  # share of the total between two plain lines
 LINE_SECONDS = 60.0  # at most this long without a line, for bars without a total
 
 
-class LineProgress(tqdm):
+class LineProgress(text_tqdm):  # the text bar even in a notebook: it only writes lines
     """tqdm that writes whole lines, a few per bar, instead of redrawing one line in place."""
 
     def __init__(self, *args, **kwargs):
@@ -26,9 +27,8 @@ class LineProgress(tqdm):
         # the lines to the real stream.
         self._out = kwargs.get("file") or sys.stderr
         kwargs["file"] = _Discard()
-        self._last_line_share = -1.0
-        self._last_line_time = 0.0
-        self._final_written = False
+        self._line_n: float | None = None  # the count shown by the last line written (None: none yet)
+        self._line_time = 0.0
         self._closing = False
         kwargs.setdefault("mininterval", 0.0)
         kwargs["dynamic_ncols"] = False
@@ -39,26 +39,26 @@ class LineProgress(tqdm):
         if msg == "" or self.disable:  # tqdm clears the line on close(leave=False): nothing to clear here
             return True
         now = time.monotonic()
-        done = bool(self.total) and self.n >= self.total
-        share = self.n / self.total if self.total else 0.0
-        due = (
-            self._last_line_share < 0
-            or (self.total and share - self._last_line_share >= LINE_STEP - 1e-12)
-            or (not self.total and now - self._last_line_time >= LINE_SECONDS)
-            or (done and not self._final_written)
-            or self._closing
-        )
+        if self._line_n is None:
+            due = True
+        elif self.n == self._line_n:
+            due = False  # the last line already shows this state
+        elif self._closing or (self.total and self.n >= self.total):
+            due = True  # the end state
+        elif self.total:
+            due = (self.n - self._line_n) / self.total >= LINE_STEP - 1e-12
+        else:
+            due = now - self._line_time >= LINE_SECONDS
         if not due:
             return True
-        self._last_line_share, self._last_line_time = share, now
-        self._final_written = self._final_written or done
+        self._line_n, self._line_time = self.n, now
         self._out.write((msg if msg is not None else self.__str__()).replace("\r", "") + "\n")
         self._out.flush()
         return True
 
     def close(self):
-        if not self.disable and not self._final_written and self._last_line_share >= 0:
-            self._closing = True  # the end state of a bar that stopped early, or had no total
+        if not self.disable and self._line_n is not None:
+            self._closing = True  # the end state of a bar that stopped early or had no total, unless shown
             self.display()
         super().close()
 
