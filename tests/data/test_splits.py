@@ -53,6 +53,41 @@ def test_deterministic_by_seed_and_order_independent():
     assert a.to_dict() == b.to_dict() and a.to_dict() != c.to_dict()
 
 
+def _cases_and_controls(n_patients=50, per_patient=2):
+    """Two clips per patient, every fifth patient a case (as a small CHD set)."""
+    return [{"source": f"p{p}_{i}", "patient": f"P{p:03d}", "label": "chd" if p % 5 == 0 else "normal"}
+            for p in range(n_patients) for i in range(per_patient)]
+
+
+def _case_shares(records, splits):
+    cases = {r["patient"] for r in records if r["label"] == "chd"}
+    return [len(cases & set(part)) for part in (splits.test, *splits.folds)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_stratified_parts_each_get_their_share_of_a_rare_class(seed):
+    records = _cases_and_controls()
+    splits = make_splits(records, k=4, test_fraction=0.2, seed=seed, stratify="label")
+    _assert_disjoint_and_complete(splits, records)
+    assert _case_shares(records, splits) == [2, 2, 2, 2, 2] and splits.settings["stratify"] == "label"
+    # Patients of unequal size: each part still holds about its share of the cases' images.
+    uneven = [{**r, "label": "chd" if int(r["patient"][1:]) % 5 == 0 else "normal"} for r in _records(50, seed)]
+    splits = make_splits(uneven, k=4, test_fraction=0.2, seed=seed, stratify="label")
+    _assert_disjoint_and_complete(splits, uneven)
+    case_images = sum(r["label"] == "chd" for r in uneven)
+    for fold in range(4):
+        val = splits.indices(uneven, fold)["val"]
+        assert abs(sum(uneven[i]["label"] == "chd" for i in val) - 0.8 * case_images / 4) <= 8  # one patient
+
+
+def test_unstratified_folds_can_miss_a_rare_class():
+    records = _cases_and_controls()
+    shares = [_case_shares(records, make_splits(records, k=4, seed=s)) for s in range(8)]
+    assert any(share != [2, 2, 2, 2, 2] for share in shares)  # what stratification is for
+    assert all(_case_shares(records, make_splits(records, k=4, seed=s, stratify="label")) == [2, 2, 2, 2, 2]
+               for s in range(8))
+
+
 def test_save_and_load(tmp_path):
     records = _records()
     splits = make_splits(records, k=3, seed=5)

@@ -112,6 +112,23 @@ def test_clips_cli_runs_with_a_fixed_seed(tmp_path, capsys):
     assert "AUROC" in capsys.readouterr().out
 
 
+def test_clip_folds_and_inner_holdouts_hold_both_classes():
+    """Folds of a small, case-poor set each get their share of cases (stratified), and so does the inner
+    hold-out that picks a head's epoch; patients never straddle either split."""
+    from fetalclip.tasks.probe_splits import cross_validation_parts, patient_holdout
+
+    patients = [f"p{i // 2}" for i in range(60)]  # 30 patients, two clips each
+    y = np.array([int(int(p[1:]) % 3 == 0) for p in patients])  # every third patient is a case: 10 of 30
+    for seed in range(4):
+        parts = cross_validation_parts(patients, 5, seed, strata=y)
+        assert sorted(i for part in parts for i in part) == list(range(60))
+        assert [int(y[part].sum()) for part in parts] == [4] * 5  # two case patients of two clips each
+        rest = [i for part in parts[1:] for i in part]
+        train, val = patient_holdout(patients, rest, seed, strata=y)
+        assert not {patients[i] for i in train} & {patients[i] for i in val}
+        assert y[val].sum() > 0 and y[train].sum() > 0
+
+
 def test_auroc_ci_equals_the_reference_bootstrap():
     from fetalclip.metrics import auroc, auroc_ci, bootstrap_ci
 

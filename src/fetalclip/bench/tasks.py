@@ -665,7 +665,7 @@ def default_registry() -> TaskRegistry:
                  published=_published(82.01, 63.42), description="linear probe, brain sub-planes, macro F1"),
             spec("fewshot-planes", "planes", "FS planes F1", "macro_f1", _fewshot_planes, 2,
                  description="few-shot linear probe, planes, macro F1 at the largest N"),
-            spec("clips", "clips", "CHD AUROC", "auroc", _clips, 2,
+            spec("clips", "clips", "CHD AUROC", "auroc", _clips, 3,
                  published=_published(78.72, 67.88), description="clip-level detection (CHD protocol), AUROC"),
             spec("segment-hc", "seg", "Seg HC Dice", "dice", _segment_hc, 3,
                  published=_published(97.92, 97.70), description="head segmentation, pooled Dice"),

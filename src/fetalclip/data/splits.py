@@ -107,16 +107,37 @@ class Splits:
                 seen[patient] = name
 
 
-def _greedy(groups: list[str], sizes: dict[str, int], targets: list[float]) -> list[list[str]]:
-    """Assign groups (in the given order) to the part furthest below its target share."""
+def _greedy(groups: list[str], sizes: dict[str, int], targets: list[float],
+            strata: dict[str, str] | None = None) -> list[list[str]]:
+    """Assign groups (in the given order) to the part furthest below its target share.
+
+    With ``strata`` (group -> stratum), each stratum is dealt out on its own by the same rule, so every part
+    gets its share of every stratum (ties go to the part furthest below its overall target).
+    """
     parts: list[list[str]] = [[] for _ in targets]
     filled = [0.0] * len(targets)
-    for group in groups:
-        deficits = [targets[i] - filled[i] for i in range(len(targets))]
-        best = int(np.argmax(deficits))
-        parts[best].append(group)
-        filled[best] += sizes[group]
+    everything = sum(targets) or 1.0
+    layers = [groups] if strata is None else [[g for g in groups if strata[g] == s] for s in sorted(set(strata[g] for g in groups))]
+    for members in layers:
+        total = float(sum(sizes[g] for g in members))
+        goals = targets if strata is None else [t / everything * total for t in targets]
+        layer = [0.0] * len(targets)
+        for group in members:
+            best = max(range(len(targets)), key=lambda i: (goals[i] - layer[i], targets[i] - filled[i], -i))
+            parts[best].append(group)
+            layer[best] += sizes[group]
+            filled[best] += sizes[group]
     return parts
+
+
+def _patient_strata(records: Sequence[dict[str, Any]], field_name: str) -> dict[str, str]:
+    """patient -> the most common value of ``field_name`` among its records (first in sorted order on ties)."""
+    counts: dict[str, dict[str, int]] = {}
+    for record in records:
+        value = record.get(field_name)
+        per = counts.setdefault(group_id(record), {})
+        per[str(value)] = per.get(str(value), 0) + 1
+    return {g: sorted(per.items(), key=lambda item: (-item[1], item[0]))[0][0] for g, per in counts.items()}
 
 
 def make_splits(
@@ -125,11 +146,15 @@ def make_splits(
     test_fraction: float = 0.2,
     seed: int = 0,
     use_split_column: bool = False,
+    stratify: str | None = None,
 ) -> Splits:
     """Patient-level test part (``test_fraction`` of the images) and ``k`` folds of the rest, by ``seed``.
 
     ``use_split_column``: the test part is the patients whose records say ``split == "test"`` (an official
     split, e.g. FETAL_PLANES_DB's), and ``test_fraction`` is ignored; a patient on both sides is an error.
+    ``stratify``: a record field (e.g. ``label``) whose classes every part gets its share of, each patient
+    counted under its most common value. Without it a small set's folds can hold few or no cases of a rare
+    class, and out-of-fold scores pooled over folds whose class mix differs rank below chance on their own.
     """
     if k < 1:
         raise FetalCLIPError(f"k must be >= 1 (got {k})")
@@ -145,6 +170,9 @@ def make_splits(
     order = [order[i] for i in rng.permutation(len(order))]
     settings: dict[str, Any] = {"test_fraction": test_fraction, "use_split_column": use_split_column,
                                 "patients": len(order), "records": len(records)}
+    strata = _patient_strata(records, stratify) if stratify else None
+    if stratify:
+        settings["stratify"] = stratify
 
     if use_split_column:
         official: dict[str, set[str]] = {}
@@ -161,11 +189,12 @@ def make_splits(
     else:
         total = float(sum(sizes.values()))
         # Two-part greedy on the shuffled order: test gets its share, the rest goes to the folds.
-        test, rest = _greedy(order, sizes, [test_fraction * total, (1 - test_fraction) * total]) if test_fraction > 0 else ([], order)
+        test, rest = (_greedy(order, sizes, [test_fraction * total, (1 - test_fraction) * total], strata)
+                      if test_fraction > 0 else ([], order))
     rest_total = float(sum(sizes[g] for g in rest))
     if len(rest) < k:
         raise FetalCLIPError(f"{len(rest)} patient(s) outside the test part cannot fill {k} folds")
-    folds = _greedy(rest, sizes, [rest_total / k] * k)
+    folds = _greedy(rest, sizes, [rest_total / k] * k, strata)
     splits = Splits(sorted(test), [sorted(fold) for fold in folds], seed, settings)
     splits.check()
     return splits

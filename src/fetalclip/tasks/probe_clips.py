@@ -5,8 +5,10 @@ concatenated *in temporal order* into one vector and a single linear layer score
 use the order of events as well as their content. Frames are ordinary feature-cache entries (keyed by their
 pixels), so clips that share frames, or a second run, encode nothing again.
 
-Evaluation is patient-level k-fold cross-validation repeated over runs: every fold is held out once, a head
-is trained on the other folds (an inner patient hold-out picks its best epoch), and AUROC is reported per
+Evaluation is patient-level k-fold cross-validation repeated over runs, stratified by class (every fold, and
+every inner hold-out, gets its share of both classes: pooled out-of-fold scores from folds of different class
+mix would otherwise rank below chance with no signal at all): every fold is held out once, a head is trained
+on the other folds (an inner patient hold-out picks its best epoch), and AUROC is reported per
 fold x run (mean, SD) together with a percentile bootstrap CI over clips of the out-of-fold scores averaged
 over runs. With an external ``test`` set, each fold's head scores that set instead.
 
@@ -144,10 +146,10 @@ def run_clip_probe(
         if unknown:
             raise FetalCLIPError(f"external test labels {unknown} are not {positive!r}/{negative!r}")
         y_ext = np.array([int(str(label) == positive) for label in test[1]])
-        parts = cross_validation_parts(patients, folds, seed)
+        parts = cross_validation_parts(patients, folds, seed, strata=y)
         ext_scores = np.zeros((runs, folds, len(y_ext)))
     else:
-        parts = cross_validation_parts(patients, folds, seed)
+        parts = cross_validation_parts(patients, folds, seed, strata=y)
     oof = np.full((runs, len(y)), np.nan)
     per_head = []
     for r in range(runs):
@@ -157,7 +159,7 @@ def run_clip_probe(
             if test is not None:  # every clip trains or validates; fold k validates
                 train, val = rest, held
             else:
-                train, val = patient_holdout(patients, rest, seed * 7 + k * 13 + r)
+                train, val = patient_holdout(patients, rest, seed * 7 + k * 13 + r, strata=y)
             head = train_linear_heads(x[train], y[train], x[val], y[val], 2, grid=[(lr, weight_decay)], epochs=epochs,
                                       batch_size=batch_size, seed=seed * 100_003 + k * 1_009 + r, standardize=standardize)[0]
             if test is not None:

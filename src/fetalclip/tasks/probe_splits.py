@@ -33,9 +33,11 @@ class Splits:
         return {"source": self.source, **(self.patients.to_dict() if self.patients is not None else {})}
 
 
-def _records(patients: Sequence[Any], record_splits: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+def _records(patients: Sequence[Any], record_splits: Sequence[Any] | None = None,
+             strata: Sequence[Any] | None = None) -> list[dict[str, Any]]:
     return [
-        {"patient": str(p), "source": f"#{i}", "split": None if record_splits is None or record_splits[i] is None else str(record_splits[i])}
+        {"patient": str(p), "source": f"#{i}", "split": None if record_splits is None or record_splits[i] is None else str(record_splits[i]),
+         "stratum": None if strata is None else str(strata[i])}
         for i, p in enumerate(patients)
     ]
 
@@ -71,19 +73,24 @@ def make_splits(
     return splits
 
 
-def cross_validation_parts(patients: Sequence[Any], k: int, seed: int) -> list[list[int]]:
-    """``k`` patient-disjoint parts covering every record (each part is held out once)."""
-    records = _records(patients)
-    data = data_make_splits(records, k=k, test_fraction=0.0, seed=seed)
+def cross_validation_parts(patients: Sequence[Any], k: int, seed: int, strata: Sequence[Any] | None = None) -> list[list[int]]:
+    """``k`` patient-disjoint parts covering every record (each part is held out once); with ``strata`` (a
+    class per record) every part gets its share of each class."""
+    records = _records(patients, strata=strata)
+    data = data_make_splits(records, k=k, test_fraction=0.0, seed=seed, stratify="stratum" if strata is not None else None)
     return [data.indices(records, fold=f)["val"] for f in range(k)]
 
 
-def patient_holdout(patients: Sequence[Any], indices: Sequence[int], seed: int) -> tuple[list[int], list[int]]:
-    """(train, val) of ``indices``: one of five patient-level folds validates."""
+def patient_holdout(patients: Sequence[Any], indices: Sequence[int], seed: int,
+                    strata: Sequence[Any] | None = None) -> tuple[list[int], list[int]]:
+    """(train, val) of ``indices``: one of five patient-level folds validates (stratified by ``strata``, a
+    class per record of ``patients``, when given)."""
     indices = list(indices)
-    sub = [patients[i] for i in indices]
-    parts = make_splits(sub, folds=1, seed=seed, with_test=False).folds[0]
-    return [indices[i] for i in parts[0]], [indices[i] for i in parts[1]]
+    records = _records([patients[i] for i in indices], strata=None if strata is None else [strata[i] for i in indices])
+    data = data_make_splits(records, k=HOLDOUT_FOLDS, test_fraction=0.0, seed=seed,
+                            stratify="stratum" if strata is not None else None)
+    parts = data.indices(records, fold=0)
+    return [indices[i] for i in parts["train"]], [indices[i] for i in parts["val"]]
 
 
 def assert_patient_disjoint(patients: Sequence[Any], splits: Splits) -> None:
