@@ -3,6 +3,7 @@
 from typer.testing import CliRunner
 
 from fetalclip.cli import app
+from fetalclip.data.captions import FINDING_PHRASES
 from fetalclip.data.datasets import open_dataset
 from fetalclip.errors import FetalCLIPError
 
@@ -23,3 +24,21 @@ def test_sim_command_rejects_unknown_classes(tmp_path):
     result = runner.invoke(app, ["sim", "--n", "2", "--out", str(tmp_path / "x"), "--classes", "brain,kidney"])
     assert isinstance(result.exception, FetalCLIPError) and "kidney" in str(result.exception)
     assert not (tmp_path / "x" / "manifest.csv").exists()
+
+
+def test_sim_command_renders_cine_clips_and_defect_captions(tmp_path):
+    out = tmp_path / "cine"
+    result = runner.invoke(app, ["sim", "--cine", "--n", "4", "--frames", "3", "--size", "96", "--out", str(out),
+                                 "--defect", "hlhs"])
+    assert result.exit_code == 0, result.output
+    assert "hlhs" in result.output and "3 frames each" in result.output
+    dataset = open_dataset(f"csv:{out / 'manifest.csv'}")
+    assert sorted(record["label"] for record in dataset.records) == ["chd", "chd", "normal", "normal"]
+    assert all(len(list((out / "clips" / f"{i:06d}").glob("*.png"))) == 3 for i in range(4))
+    images = tmp_path / "images"
+    result = runner.invoke(app, ["sim", "--n", "12", "--out", str(images), "--size", "96", "--chd", "1",
+                                 "--classes", "thorax"])
+    assert result.exit_code == 0, result.output
+    records = open_dataset(f"csv:{images / 'manifest.csv'}").records
+    assert all(record["finding"] in ("hlhs", "vsd") for record in records)
+    assert all(r["caption"].endswith(tuple(FINDING_PHRASES[r["finding"]])) for r in records)

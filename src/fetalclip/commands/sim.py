@@ -1,4 +1,5 @@
-"""``fetalclip sim``: export a synthetic phantom set as PNG images, PNG label masks and a ``csv:`` manifest."""
+"""``fetalclip sim``: export a synthetic phantom set as PNG images, PNG label masks and a ``csv:`` manifest,
+or (``--cine``) four-chamber cine loops of normal hearts and hearts with a defect, one frame folder per clip."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import typer
 
 
 def sim_command(
-    n: int = typer.Option(..., "--n", min=1, help="Number of images."),
+    n: int = typer.Option(..., "--n", min=1, help="Number of images (of clips with --cine)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (images/, masks/, manifest.csv, sim.json)."),
     seed: int = typer.Option(0, "--seed", help="Generator seed; image i depends only on (seed, i)."),
     size: int = typer.Option(256, "--size", min=64, help="Image width in pixels (height is 3/4 of it)."),
@@ -16,17 +17,38 @@ def sim_command(
         "", "--classes", help="Comma-separated classes (brain, abdomen, femur, thorax, cervix, other, or brain planes)."
     ),
     per_patient: int = typer.Option(4, "--per-patient", min=1, help="Images per synthetic patient (same age)."),
-    ga: str = typer.Option("14-38", "--ga", help="Gestational age range in whole weeks, A-B."),
+    ga: str = typer.Option("", "--ga", help="Gestational age range in whole weeks, A-B (default 14-38; cine 18-38)."),
     overlay: float = typer.Option(
         0.5, "--overlay", min=0.0, max=1.0, help="Probability of burned-in text and calipers."
     ),
+    chd: float = typer.Option(
+        0.0, "--chd", min=0.0, max=1.0,
+        help="Share of patients with a heart defect, shown in their thorax views and named in those captions.",
+    ),
+    cine: bool = typer.Option(False, "--cine", help="Render --n four-chamber cine clips (labels chd / normal) instead."),
+    frames: int = typer.Option(16, "--frames", min=2, help="Frames per cine clip."),
+    defect: str = typer.Option("mixed", "--defect", help="Cine defects: hlhs, vsd or mixed."),
+    clips_per_patient: int = typer.Option(2, "--clips-per-patient", min=1, help="Cine clips per synthetic patient."),
 ) -> None:
     """Render a phantom set that every command reads as csv:OUT/manifest.csv."""
     from ..progress import progress_bar
 
     from ..sim.dataset import parse_sim_spec, write_phantom
 
-    spec = f"{n},seed={seed},size={size},per_patient={per_patient},ga={ga},overlay={overlay}"
+    age = f",ga={ga}" if ga.strip() else ""
+    if cine:
+        from ..sim.cine import parse_cine_spec, write_cine
+
+        count, config = parse_cine_spec(f"{n},seed={seed},size={size},frames={frames},defect={defect},"
+                                        f"clips_per_patient={clips_per_patient},overlay={overlay}{age}")
+        summary = write_cine(count, config, out, progress=lambda it: progress_bar(it, total=count, desc="cine", unit="clip"))
+        typer.echo(f"{'heart':<20} {'clips':>6}")
+        for kind, number in summary["counts"].items():
+            typer.echo(f"{kind:<20} {number:>6}")
+        typer.echo(f"{'total':<20} {count:>6}  ({summary['patients']} patients, {frames} frames each)")
+        typer.echo(f"wrote {out / 'manifest.csv'} (read it as {summary['spec']}) and {out / 'cine.json'}")
+        return
+    spec = f"{n},seed={seed},size={size},per_patient={per_patient},overlay={overlay},chd={chd}{age}"
     if classes.strip():
         spec += ",classes=" + "+".join(c.strip() for c in classes.split(",") if c.strip())
     count, config = parse_sim_spec(spec)

@@ -116,6 +116,18 @@ SPACING_PHRASES = (
     " with a pixel size of {spacing} mm",
 )
 
+# A sample's ``finding`` (a diagnosis its report states) -> sentences appended to the caption. Only cardiac
+# findings so far: what the phantom's heart-defect sets carry, and what a screening report says of the heart.
+NORMAL_HEART = "normal_heart"
+FINDING_PHRASES: dict[str, tuple[str, ...]] = {
+    NORMAL_HEART: ("The four chambers of the heart appear normal.", "Normal four-chamber heart.",
+                   "No cardiac abnormality is seen."),
+    "hlhs": ("Hypoplastic left heart: the left ventricle is small.", "The left ventricle is hypoplastic.",
+             "Small left ventricle, suspicious for hypoplastic left heart syndrome."),
+    "vsd": ("A ventricular septal defect is seen.", "Defect in the interventricular septum.",
+            "The ventricular septum is interrupted (VSD)."),
+}
+
 # Kept for callers of the first version: canonical key -> its first phrasing.
 VIEW_NAMES: dict[str, str] = {key: phrases[0] for key, phrases in VIEW_PHRASES.items()}
 
@@ -186,7 +198,12 @@ def template_caption(sample: dict[str, Any], rng: np.random.Generator) -> str:
     ga = ga_frame.format(ga=format_ga(ga_days)) if ga_days is not None else ""
     spacing_224 = sample.get("pixel_spacing_224_mm")
     spacing = spacing_frame.format(spacing=f"{spacing_224:.2f}") if spacing_224 is not None else ""
-    return template.format(view=view, ga=ga, spacing=spacing)
+    text = template.format(view=view, ga=ga, spacing=spacing)
+    finding = sample.get("finding")
+    if finding:  # drawn last, so captions without a finding are what they always were
+        phrases = FINDING_PHRASES.get(str(finding)) or (f"Finding: {str(finding).replace('_', ' ')}.",)
+        text += " " + phrases[int(rng.integers(len(phrases)))]
+    return text
 
 
 def caption_sample(sample: dict[str, Any], rng: np.random.Generator, caption_fn: CaptionFn | None = None) -> str:

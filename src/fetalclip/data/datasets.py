@@ -278,6 +278,8 @@ def open_csv(path: str) -> SampleDataset:
                 record["brain_plane"] = canonical_label(row["brain_plane"], "brain_plane", strict=False)
             if row.get("view"):
                 record["view"] = row["view"]
+            if row.get("finding"):
+                record["finding"] = row["finding"]
             if row.get("frame_index"):
                 try:
                     record["frame_index"] = int(row["frame_index"])

@@ -16,7 +16,8 @@ Required:
     metadata              dict: anything else worth keeping (JSON-serialisable)
 Optional:
     brain_plane, view (a finer view name than ``label``, e.g. ``three_vessel``, for captions), ga_days, hc_mm,
-    caption, mask (np.ndarray uint8 label map, same HxW as image), split
+    caption, mask (np.ndarray uint8 label map, same HxW as image), split, finding (a diagnosis the report
+    states, e.g. ``hlhs``; captions name it)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 REQUIRED_KEYS = (
     "image", "source", "frame_index", "pixel_spacing_mm", "pixel_spacing_224_mm", "label", "patient", "metadata",
 )
-OPTIONAL_KEYS = ("brain_plane", "view", "ga_days", "hc_mm", "caption", "mask", "split")
+OPTIONAL_KEYS = ("brain_plane", "view", "ga_days", "hc_mm", "caption", "mask", "split", "finding")
 
 MODEL_INPUT_SIZE = 224
 

@@ -175,7 +175,40 @@ def abdomen(rng: np.random.Generator, ga_days: float) -> Anatomy:
     )
 
 
-def thorax(rng: np.random.Generator, ga_days: float) -> Anatomy:
+@dataclass(frozen=True)
+class HeartState:
+    """The beating heart of a cine frame: where it is in the cycle and which defect it has, if any.
+
+    ``phase`` is the cardiac phase in cycles (0 = end-diastole, 0.5 = end-systole): the ventricles empty and
+    the atria fill in systole, then the reverse. Defects are the two whose cue a four-chamber view shows:
+    ``hlhs`` (hypoplastic left heart: a small left ventricle that barely contracts) and ``vsd`` (a missing
+    segment of the interventricular septum, so the ventricles' blood pools meet).
+    """
+
+    phase: float = 0.0
+    defect: str | None = None
+    focus: bool = False  # zoom on the heart, as a fetal echocardiogram does (a screening thorax view does not)
+
+    def __post_init__(self) -> None:
+        if self.defect not in (None, *HEART_DEFECTS):
+            raise ValueError(f"unknown heart defect {self.defect!r}; use one of {', '.join(HEART_DEFECTS)}")
+
+    def scale(self, chamber: str) -> float:
+        """Size of a chamber relative to its end-diastolic size in a normal heart."""
+        systole = 0.5 - 0.5 * math.cos(2 * math.pi * self.phase)  # 0 at end-diastole, 1 at end-systole
+        hlhs = self.defect == "hlhs"
+        if chamber.endswith("ventricle"):
+            if chamber == "left_ventricle" and hlhs:
+                return 0.3 * (1.0 - 0.05 * systole)  # a slit that barely contracts
+            # In HLHS the right ventricle carries the whole output and is dilated.
+            return (1.15 if hlhs else 1.0) * (1.0 - 0.2 * systole)
+        return (0.7 if hlhs and chamber == "left_atrium" else 1.0) * (0.85 + 0.2 * systole)  # atria fill in systole
+
+
+HEART_DEFECTS = ("hlhs", "vsd")
+
+
+def thorax(rng: np.random.Generator, ga_days: float, heart: HeartState | None = None) -> Anatomy:
     # No growth reference is wired in for the chest; at mid-gestation its circumference is close to 0.9 AC.
     tc = 0.9 * float(hadlock_ac(ga_days))
     a, b = semi_axes_for_perimeter(tc, rng.uniform(0.86, 0.98))
@@ -190,8 +223,8 @@ def thorax(rng: np.random.Generator, ga_days: float) -> Anatomy:
     hx, hy = 0.1 * a, side * 0.1 * b
     ah, bh = 0.5 * a * rng.uniform(0.9, 1.1), 0.38 * a * rng.uniform(0.9, 1.1)
     ang = side * (math.pi / 4 + rng.uniform(-0.15, 0.15))
-    heart = Ellipse(hx, hy, ah, bh, angle=ang, level=db(rng.uniform(-21, -17)), edge=0.8, label="heart")
-    shapes.append(heart)
+    outline = Ellipse(hx, hy, ah, bh, angle=ang, level=db(rng.uniform(-21, -17)), edge=0.8, label="heart")
+    shapes.append(outline)
     c, s = math.cos(ang), math.sin(ang)
     chambers = (
         ("left_ventricle", 0.22, -0.43 * side, 0.42, 0.34),
@@ -200,18 +233,28 @@ def thorax(rng: np.random.Generator, ga_days: float) -> Anatomy:
         ("right_atrium", -0.55, 0.42 * side, 0.27, 0.3),
     )
     for name, u, v, au, bv in chambers:
+        k = heart.scale(name) if heart is not None else 1.0
+        if k != 1.0:  # a chamber shrinks towards the septum and the valve plane, as a real one empties
+            u += 0.5 * (1 - k) * au * (-1 if u > 0 else 1)
+            v += 0.5 * (1 - k) * bv * (-1 if v > 0 else 1)
         u, v = u * ah, v * bh
-        shapes.append(Ellipse(hx + c * u - s * v, hy + s * u + c * v, au * ah, bv * bh, angle=ang, level=fluid,
-                              edge=0.35, label=name))
-    return Anatomy(
+        shapes.append(Ellipse(hx + c * u - s * v, hy + s * u + c * v, k * au * ah, k * bv * bh, angle=ang,
+                              level=fluid, edge=0.35, label=name))
+    if heart is not None and heart.defect == "vsd":  # a large gap in the septum: the ventricles' blood pools meet
+        u = 0.2 * ah
+        shapes.append(Ellipse(hx + c * u, hy + s * u, 0.3 * ah, 0.16 * bh, angle=ang, level=fluid, edge=0.2))
+    anatomy = Anatomy(
         shapes=shapes,
         labels=THORAX_LABELS,
         extent_mm=2 * a,
         zoom=(0.5, 0.85),
-        fit=[heart],
+        fit=[outline],
         angle_range=SPINE_AWAY,
         measurements={"thoracic_circumference_mm": tc},
     )
+    if heart is not None and heart.focus:
+        anatomy.extent_mm, anatomy.zoom = 2 * ah, (0.5, 0.75)
+    return anatomy
 
 
 def femur(rng: np.random.Generator, ga_days: float) -> Anatomy:
@@ -313,9 +356,15 @@ def other(rng: np.random.Generator, ga_days: float) -> Anatomy:
 BUILDERS = {"abdomen": abdomen, "thorax": thorax, "femur": femur, "cervix": cervix, "other": other}
 
 
-def build(rng: np.random.Generator, label: str, ga_days: float, brain_plane: str | None = None) -> Anatomy:
+def build(rng: np.random.Generator, label: str, ga_days: float, brain_plane: str | None = None,
+          heart: HeartState | None = None) -> Anatomy:
+    """The anatomy of one view; ``heart`` (thorax only) sets the cardiac phase and defect of a cine frame."""
     if label == "brain":
         return head(rng, ga_days, brain_plane or "trans-thalamic")
     if label not in BUILDERS:
         raise ValueError(f"the phantom renders brain, {', '.join(BUILDERS)}; not {label!r}")
+    if heart is not None:
+        if label != "thorax":
+            raise ValueError(f"a heart state applies to the thorax view, not {label!r}")
+        return thorax(rng, ga_days, heart)
     return BUILDERS[label](rng, ga_days)

@@ -10,6 +10,8 @@ Spec: ``sim:N`` or ``sim:N,key=value,...`` with keys
     per_patient=K    consecutive images sharing one synthetic patient and gestational age (default 4)
     ga=A-B           gestational age range in whole weeks, A w 0 d to B w 6 d (default 14-38)
     overlay=P        probability of burned-in text, depth ruler and calipers (default 0.5)
+    chd=P            share of patients with a heart defect (hypoplastic left ventricle or septal defect),
+                     shown in their thorax views and named in those captions (default 0: none, no finding)
 
 Records (labels, patient, age, spacing, caption) come from planning alone, so opening ``sim:100000`` lists
 without rendering; pixels are rendered on ``__getitem__``, identical whether fetched alone or in a subset.
@@ -27,16 +29,16 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..data.captions import template_caption
+from ..data.captions import NORMAL_HEART, template_caption
 from ..data.datasets import Record, SampleDataset
 from ..data.labels import canonical_label
 from ..data.sample import make_sample
 from ..errors import FetalCLIPError
 from ..io import atomic_path, write_json_atomic, write_text_atomic
-from .render import Plan, SimConfig, plan_sample, render_plan
+from .render import RENDERER_VERSION, Plan, SimConfig, plan_sample, render_plan
 
 MANIFEST_COLUMNS = (
-    "path", "label", "patient", "pixel_spacing_mm", "ga_days", "hc_mm", "caption", "mask", "brain_plane",
+    "path", "label", "patient", "pixel_spacing_mm", "ga_days", "hc_mm", "caption", "mask", "brain_plane", "finding",
 )
 
 
@@ -72,7 +74,7 @@ def parse_sim_spec(argument: str) -> tuple[int, SimConfig]:
         try:
             if key in ("seed", "size", "per_patient"):
                 options[key] = int(value)
-            elif key == "overlay":
+            elif key in ("overlay", "chd"):
                 options[key] = float(value)
             elif key == "classes":
                 options[key] = [c for c in value.split("+") if c]
@@ -81,7 +83,7 @@ def parse_sim_spec(argument: str) -> tuple[int, SimConfig]:
                 options["ga_days"] = (int(float(lo) * 7), int(float(hi or lo) * 7) + 6)
             else:
                 raise FetalCLIPError(
-                    f"{spec}: unknown option {key!r}; known: seed, size, classes, per_patient, ga, overlay"
+                    f"{spec}: unknown option {key!r}; known: seed, size, classes, per_patient, ga, overlay, chd"
                 )
         except ValueError:
             raise FetalCLIPError(f"{spec}: bad value {value!r} for {key}") from None
@@ -123,6 +125,8 @@ def plan_record(config: SimConfig, plan: Plan, config_json: dict[str, Any] | Non
     }
     if plan.label == "brain":
         record["hc_mm"] = plan.measurements["hc_mm"]
+    if plan.heart is not None:
+        record["finding"] = plan.heart.defect or NORMAL_HEART
     caption_rng = np.random.default_rng([config.seed, 3, plan.index])
     record["caption"] = template_caption({**record, "pixel_spacing_224_mm": plan.spacing_224_mm}, caption_rng)
     return record
@@ -157,7 +161,7 @@ def open_sim(argument: str) -> SampleDataset:
     return sim_dataset(n, config, name=f"sim:{argument}")
 
 
-def _png(array: np.ndarray, path: Path) -> None:
+def save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     with atomic_path(path) as tmp:
@@ -184,8 +188,8 @@ def write_phantom(
     for index in indices:
         sample = render_sample(index, config)
         stem = f"{index:06d}.png"
-        _png(sample["image"], out / "images" / stem)
-        _png(sample["mask"], out / "masks" / stem)
+        save_png(sample["image"], out / "images" / stem)
+        save_png(sample["mask"], out / "masks" / stem)
         key = sample["brain_plane"] if sample["label"] == "brain" else sample["label"]
         counts[key] = counts.get(key, 0) + 1
         rows.append(
@@ -199,6 +203,7 @@ def write_phantom(
                 "caption": sample["caption"],
                 "mask": f"masks/{stem}",
                 "brain_plane": sample["brain_plane"] or "",
+                "finding": sample.get("finding") or "",
             }
         )
     text = io.StringIO()
@@ -207,6 +212,7 @@ def write_phantom(
     writer.writerows(rows)
     summary = {
         "n": n,
+        "renderer": RENDERER_VERSION,
         "config": config_dict(config),
         "counts": dict(sorted(counts.items())),
         "patients": len({row["patient"] for row in rows}),

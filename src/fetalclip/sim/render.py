@@ -25,13 +25,16 @@ from functools import lru_cache
 
 import numpy as np
 
-from .anatomy import Anatomy, build
+from .anatomy import HEART_DEFECTS, Anatomy, HeartState, build
 from .geometry import PolarGrid, Sector, scan_conversion
 from .shapes import Fields, Placement, Shape, paint_mask
 
 BRAIN_SLOTS = ("trans-thalamic", "trans-cerebellum", "trans-ventricular")
 DEFAULT_CLASSES = ("brain", "abdomen", "femur", "thorax", "cervix", "other")
 ASPECT = 0.75  # height / width, as on most scanner displays
+# Bumped whenever the same config renders different pixels, so that a folder rendered by an older version is
+# told apart from a current one (the demo re-renders instead of reusing it).
+RENDERER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class SimConfig:
     per_patient: int = 4  # consecutive images sharing a synthetic patient (and so a gestational age)
     ga_days: tuple[int, int] = (98, 272)  # inclusive; 14w0d-38w6d, the zero-shot age prompts' range
     overlay: float = 0.5  # probability of burned-in text, depth ruler and calipers
+    chd: float = 0.0  # share of patients with a heart defect, seen (and captioned) in their thorax views
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -59,6 +63,8 @@ class SimConfig:
             raise ValueError(f"gestational age range {self.ga_days} days must lie within 8-43 weeks")
         if not 0.0 <= self.overlay <= 1.0:
             raise ValueError(f"overlay probability {self.overlay} is not in [0, 1]")
+        if not 0.0 <= self.chd <= 1.0:
+            raise ValueError(f"heart-defect share {self.chd} is not in [0, 1]")
         slots(self.classes)
 
     @property
@@ -145,6 +151,7 @@ class Plan:
     measurements: dict[str, float] = field(default_factory=dict)
     variant: str | None = None
     probe: str = "curvilinear"
+    heart: HeartState | None = None
 
     @property
     def shapes(self) -> list[Shape]:
@@ -166,6 +173,23 @@ def patient_of(config: SimConfig, index: int) -> tuple[str, float]:
     lo, hi = config.ga_days
     ga = int(np.random.default_rng([config.seed, 0, patient]).integers(lo, hi + 1))
     return f"sim{config.seed}-p{patient:06d}", float(ga)
+
+
+def heart_of(config: SimConfig, index: int) -> HeartState | None:
+    """The heart of a thorax sample in a set with heart defects (``chd`` > 0); ``None`` otherwise.
+
+    The defect is the patient's (all their thorax views show it); the cardiac phase and the view (an echo
+    close-up of the heart or the whole chest) are the image's. Drawn from generators of their own, so a set
+    without defects renders exactly as it did before they existed.
+    """
+    if config.chd <= 0:
+        return None
+    patient = index // config.per_patient
+    rng = np.random.default_rng([config.seed, 8, patient])
+    defect = str(rng.choice(HEART_DEFECTS)) if rng.random() < config.chd else None
+    view = np.random.default_rng([config.seed, 9, index])
+    # Half the views are echo close-ups of the heart (where a defect is read), half whole-chest screening views.
+    return HeartState(float(view.uniform()), defect, focus=bool(view.random() < 0.5))
 
 
 def _sector(rng: np.random.Generator, height: int, width: int, probe: str) -> Sector:
@@ -258,15 +282,21 @@ def _overlay(rng: np.random.Generator, plan: Plan, calipers: list[tuple[float, f
     )
 
 
-def plan_sample(config: SimConfig, index: int) -> Plan:
-    """Everything about sample ``index`` except its pixels; a pure function of ``(config, index)``."""
+def plan_sample(config: SimConfig, index: int, heart: HeartState | None = None) -> Plan:
+    """Everything about sample ``index`` except its pixels; a pure function of ``(config, index)``.
+
+    ``heart`` makes the sample a frame of a cine loop (``sim.cine``): the same draws, so the same patient,
+    probe and scanner, with the heart at that phase and with that defect. Without it nothing changes.
+    """
     if index < 0:
         raise IndexError(f"phantom index {index} is negative")
     cycle = slots(config.classes)
     label, brain_plane = cycle[index % len(cycle)]
     patient, ga = patient_of(config, index)
     rng = np.random.default_rng([config.seed, 1, index])
-    anatomy = build(rng, label, ga, brain_plane)
+    if heart is None and label == "thorax":
+        heart = heart_of(config, index)
+    anatomy = build(rng, label, ga, brain_plane, heart)
     height, width = config.height, config.width
     sector = _sector(rng, height, width, anatomy.probe)
     scanner = _scanner(rng, sector, anatomy)
@@ -295,6 +325,7 @@ def plan_sample(config: SimConfig, index: int) -> Plan:
         measurements=dict(anatomy.measurements),
         variant=anatomy.variant,
         probe=anatomy.probe,
+        heart=heart,
     )
     if rng.random() < config.overlay:
         plan.overlay = _overlay(rng, plan, [placement.point(x, y) for x, y in anatomy.calipers])
@@ -377,17 +408,23 @@ def echo_fields(plan: Plan, grid: PolarGrid, shapes: list[Shape]) -> Fields:
     return fields
 
 
-def render_plan(plan: Plan, noise_seed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 image and the uint8 label mask of a planned sample (mask zero outside the fan)."""
+def render_plan(plan: Plan, noise_seed: tuple[int, ...], shading_seed: tuple[int, ...] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 image and the uint8 label mask of a planned sample (mask zero outside the fan).
+
+    ``noise_seed`` draws the speckle and, unless ``shading_seed`` is given, the slow brightness variation
+    too; frames of one cine loop share a shading seed, since tissue and beam profile do not flicker.
+    """
     sc = plan.scanner
     grid = PolarGrid(plan.sector, n_r=plan.height, n_lines=max(32, plan.width // 2))
     shapes = plan.shapes
     fields = echo_fields(plan, grid, shapes)
     rng = np.random.default_rng(list(noise_seed))
+    shading = rng if shading_seed is None else np.random.default_rng(list(shading_seed))
 
     # Slow brightness variation (uneven tissue, beam profile) as a separable log-amplitude field.
-    log_mod = _smooth_profile(rng, grid.n_r, sc.modulation)[:, None]
-    log_mod = log_mod + _smooth_profile(rng, grid.n_lines, sc.modulation)[None, :]
+    log_mod = _smooth_profile(shading, grid.n_r, sc.modulation)[:, None]
+    log_mod = log_mod + _smooth_profile(shading, grid.n_lines, sc.modulation)[None, :]
     # The resolution cell is fixed in mm by the transducer; in grid units it follows the spacing, but never
     # drops below about one sample, where a display could no longer show speckle as grains.
     line_mm = 0.5 * (plan.sector.r_min + plan.sector.r_max) * grid.dphi * plan.spacing_mm
