@@ -33,8 +33,9 @@ def test_plan_scales_with_the_budget_and_keeps_sets_apart():
     assert short.steps < default.steps < long.steps
     assert short.train_images <= default.train_images <= long.train_images
     assert short.planes_images < default.planes_images and short.head_images < default.head_images
-    assert len(set(default.seeds.values())) == 4  # every set rendered from its own seed
-    assert len(set(plan_demo(8, seed=1).seeds.values()) | set(default.seeds.values())) == 8
+    assert len(set(default.seeds.values())) == 5  # every set rendered from its own seed
+    assert len(set(plan_demo(8, seed=1).seeds.values()) | set(default.seeds.values())) == 10
+    assert short.clips < default.clips and short.clip_frames < default.clip_frames
     for bad in (0, -1, math.nan, math.inf):
         with pytest.raises(FetalCLIPError, match="--minutes"):
             plan_demo(bad)
@@ -78,13 +79,13 @@ def test_verdict_rests_on_the_tasks_that_read_what_pretraining_learns():
     tie = ((30.0, (25.0, 35.0)), (32.0, (27.0, 37.0)))
     loss = ((40.0, (35.0, 45.0)), (20.0, (15.0, 25.0)))
     seg_loss = ((99.0, (98.9, 99.1)), (90.0, (89.0, 91.0)))
-    passing = _run({"zeroshot-planes": clear_win, "zeroshot-ga": tie, "probe-planes": clear_win,
+    passing = _run({"zeroshot-planes": clear_win, "zeroshot-ga": tie, "probe-planes": clear_win, "clips": loss,
                     "segment-hc": seg_loss, "biometry-hc": ((2.4, (1.8, 3.1)), (2.6, (1.6, 3.9)))})
     result = DemoResult(plan_demo(1), compare_models(passing), "", {})
     outcomes = {c.task: c.outcome for c in result.comparisons}
-    assert outcomes == {"zeroshot-planes": WIN, "zeroshot-ga": TIE, "probe-planes": WIN, "segment-hc": LOSS,
-                        "biometry-hc": TIE}
-    assert result.passed and result.failing_tasks() == []  # segmentation is shown, not judged
+    assert outcomes == {"zeroshot-planes": WIN, "zeroshot-ga": TIE, "probe-planes": WIN, "clips": LOSS,
+                        "segment-hc": LOSS, "biometry-hc": TIE}
+    assert result.passed and result.failing_tasks() == []  # clips and segmentation are shown, not judged
     assert {c.task for c in result.comparisons if c.requirement} == {"zeroshot-planes", "zeroshot-ga", "probe-planes"}
     assert all(c.reason for c in result.comparisons)
     # A tie where a win is required, a loss where no loss is allowed, a failed cell: each fails the demo.
@@ -132,7 +133,7 @@ def test_short_demo_runs_the_whole_chain(tmp_path, one_thread, render_in_chromiu
         with (out / "data" / name / "manifest.csv").open() as handle:
             return {row["patient"] for row in csv.DictReader(handle)}
     trained_on = patients("train") | patients("train-heads")
-    assert trained_on and not trained_on & (patients("planes") | patients("heads"))
+    assert trained_on and not trained_on & (patients("planes") | patients("heads") | patients("clips"))
     # The report names both rows and embeds its figures.
     html = (out / "report.html").read_text()
     assert RANDOM_LABEL in html and PRETRAINED_LABEL in html and html.count("data:image/png;base64,") >= 4
@@ -167,11 +168,17 @@ def test_pretraining_is_reused_resumed_or_replaced_by_plan(tmp_path, one_thread)
     from fetalclip.demo import DemoPlan, _pretrain, _write_sets
 
     plan = DemoPlan(minutes=1, steps=2, train_images=8, train_head_images=4, planes_images=6, head_images=4,
-                    batch_size=4, size=96)
+                    batch_size=4, size=96, clips=2, clip_frames=2)
     lines: list[str] = []
     specs = _write_sets(plan, tmp_path / "data", lines.append, progress=False)
     assert _write_sets(plan, tmp_path / "data", lines.append, progress=False) == specs
-    assert sum("reusing" in line for line in lines) == 4  # second pass renders nothing
+    assert sum("reusing" in line for line in lines) == 5  # second pass renders nothing
+    # A set rendered by another version of the renderer is rendered again, not reused.
+    for info in (tmp_path / "data" / "planes" / "sim.json", tmp_path / "data" / "clips" / "cine.json"):
+        info.write_text(json.dumps({**json.loads(info.read_text()), "renderer": -1}))
+    lines.clear()
+    _write_sets(plan, tmp_path / "data", lines.append, progress=False)
+    assert sorted(line.split(":")[0] for line in lines if "reusing" not in line) == ["phantom clips", "phantom planes"]
     train_specs = [specs["train"], specs["train-heads"]]
     run = tmp_path / "run"
     model_dir, losses = _pretrain(plan, train_specs, run, lines.append, progress=False)
