@@ -279,6 +279,8 @@ def _pretrain(plan: DemoPlan, train_specs: list[str], run_dir: Path, echo: Calla
         checkpoints = list_checkpoints(run_dir)
         if same_plan and checkpoints and checkpoints[-1][0] >= config.steps:
             same_plan = False  # trained to the end, but the exported model is gone: nothing to resume
+        if same_plan and not checkpoints:
+            same_plan = False  # killed before its first checkpoint: nothing to resume
         if not same_plan:
             echo(f"pretraining: {run_dir} holds a run of another plan or without its model; starting again")
             shutil.rmtree(run_dir)

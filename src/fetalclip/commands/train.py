@@ -27,7 +27,8 @@ def train_command(
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16."),
     loss: str = typer.Option(None, "--loss", help="clip or siglip."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's latest checkpoint (fresh start if none)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's latest readable checkpoint (a new folder starts fresh)."),
+    restart: bool = typer.Option(False, "--restart", help="Start a run folder over; its old run moves to previous-<time>/."),
     overrides: list[str] = typer.Option(None, "--set", help="Any setting as NAME=VALUE (e.g. --set warmup_steps=50); repeatable."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs still written)."),
 ) -> None:
@@ -48,7 +49,7 @@ def train_command(
     if no_progress:
         settings["progress"] = False
     recipe = make_config(config, settings)
-    result = train(recipe, out, resume=resume)
+    result = train(recipe, out, resume=resume, restart=restart)
 
     if int(os.environ.get("RANK", "0")) != 0:
         return

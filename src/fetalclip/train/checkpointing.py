@@ -5,6 +5,11 @@ also the data position, see ``data.py``), the schedule's parameters, the gradien
 number generator states of every process. Each file is written under a temporary name and renamed, so a
 run killed mid-write leaves the previous checkpoint intact and never a truncated "latest" one; resuming
 takes the highest step whose file loads. Older checkpoints beyond ``keep`` are deleted after a new one lands.
+
+Nothing readable is ever lost to a damaged file: a checkpoint that does not load is renamed aside
+(``step-NNNNNNNN.pt.unreadable``) when a resume passes over it, so it can neither shadow the checkpoints the
+resumed run writes nor push a readable one out of the ``keep`` window; temporary files of a write that was
+interrupted are removed when the next run starts.
 """
 
 from __future__ import annotations
@@ -75,13 +80,33 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int
     return path
 
 
-def load_latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The newest readable checkpoint of ``run_dir`` (``None`` when there is none)."""
+UNREADABLE_SUFFIX = ".unreadable"
+
+
+def remove_partial_writes(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a killed run left behind; returns them."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    partial = [p for p in folder.iterdir() if p.name.startswith(".step-") and p.name.endswith(".tmp") and p.is_file()]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
+def load_latest_checkpoint(run_dir: Path, set_aside_unreadable: bool = False) -> dict[str, Any] | None:
+    """The newest readable checkpoint of ``run_dir`` (``None`` when there is none).
+
+    ``set_aside_unreadable``: rename each damaged file passed over to ``*.pt.unreadable`` (a resume does this,
+    so the run continuing from an older step never keeps a damaged newer file in place of a good one).
+    """
     for step, path in reversed(list_checkpoints(run_dir)):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged file: fall back to the one before, loudly
             log.warning("%s: unreadable checkpoint (%s); trying the previous one", path, exc)
+            if set_aside_unreadable:
+                path.rename(path.with_name(path.name + UNREADABLE_SUFFIX))
             continue
         if state.get("step") != step:
             raise CheckpointError(f"{path}: file name says step {step}, content says {state.get('step')}")

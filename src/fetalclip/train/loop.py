@@ -32,7 +32,16 @@ import torch
 
 from ..errors import FetalCLIPError
 from ..io import write_json_atomic
-from .checkpointing import list_checkpoints, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpointing import (
+    CHECKPOINT_DIR,
+    UNREADABLE_SUFFIX,
+    list_checkpoints,
+    load_latest_checkpoint,
+    remove_partial_writes,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import TrainConfig, trajectory_differences
 from .data import (
     Augmentation, PairDataset, StepBatchSampler, held_out_dataset, held_out_pairs, make_loader, open_sources,
@@ -42,7 +51,7 @@ from .distributed import DistContext, barrier, broadcast_object, gather_objects,
 from .hooks import EvalHook, RetrievalHook, configured_hooks, has_configured_hooks
 from .modeling import build_model
 from .optim import build_optimizer
-from .runlog import RunLog
+from .runlog import EVAL_LOG, TRAIN_LOG, RunLog, read_log
 from .schedule import WarmupCosine, set_lr
 
 log = logging.getLogger("fetalclip.train")
@@ -88,12 +97,44 @@ def _make_loss(config: TrainConfig, ctx: DistContext):
     )
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> None:
+# What a run folder holds of a run; ``--restart`` moves exactly these aside.
+RUN_ENTRIES = (CONFIG_FILE, SUMMARY_FILE, TRAIN_LOG, EVAL_LOG, CHECKPOINT_DIR, "model", "tensorboard")
+
+
+def _has_history(run_dir: Path) -> bool:
+    """Whether the folder holds anything a fresh start would destroy: checkpoints or logged steps."""
+    folder = run_dir / CHECKPOINT_DIR
+    if folder.is_dir() and any(folder.iterdir()):
+        return True
+    return bool(read_log(run_dir / TRAIN_LOG)) or (run_dir / "model").exists()
+
+
+def _set_run_aside(run_dir: Path) -> Path:
+    """Move the folder's run (logs, checkpoints, model) into ``previous-<time>/`` and return that folder."""
+    aside = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
+    suffix = 1
+    while aside.exists():  # two restarts within one second
+        aside, suffix = run_dir / f"{aside.name.split('.')[0]}.{suffix}", suffix + 1
+    aside.mkdir()
+    for name in RUN_ENTRIES:
+        if (run_dir / name).exists():
+            (run_dir / name).rename(aside / name)
+    return aside
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, restart: bool, ctx: DistContext) -> None:
     if ctx.is_main:
-        existing = list_checkpoints(run_dir) or (run_dir / CONFIG_FILE).is_file()
-        if existing and not resume:
-            raise FetalCLIPError(f"{run_dir}: holds a run already; pass --resume to continue it, or choose another --out")
+        if resume and restart:
+            raise FetalCLIPError("--resume and --restart exclude each other: continue the run, or start it over")
+        existing = list_checkpoints(run_dir) or (run_dir / CONFIG_FILE).is_file() or _has_history(run_dir)
+        if existing and not (resume or restart):
+            raise FetalCLIPError(f"{run_dir}: holds a run already; pass --resume to continue it, --restart to start "
+                                 "over (the old run is kept aside), or choose another --out")
+        if existing and restart:
+            log.warning("%s: previous run moved to %s", run_dir, _set_run_aside(run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
+        for partial in remove_partial_writes(run_dir):
+            log.warning("%s: removed the temporary file of an interrupted checkpoint write", partial)
     barrier(ctx)
 
 
@@ -109,8 +150,13 @@ def train(
     resume: bool = False,
     hooks: Sequence[EvalHook] = (),
     builtin_hooks: bool = True,
+    restart: bool = False,
 ) -> TrainResult:
-    """Train per ``config`` into ``run_dir``; with ``resume`` continue from its latest checkpoint if any.
+    """Train per ``config`` into ``run_dir``; with ``resume`` continue from its latest readable checkpoint.
+
+    A folder that holds a run is never silently started over: without ``resume`` or ``restart`` it is an
+    error, and so is ``resume`` when no checkpoint can be read but steps were already logged (starting again
+    would truncate the log). ``restart`` moves the old run aside (``previous-<time>/``) and starts fresh.
 
     ``hooks`` are extra evaluation callables ``(model, step) -> metrics``; with ``builtin_hooks`` and a
     ``holdout_fraction`` the held-out retrieval hook runs too.
@@ -119,13 +165,14 @@ def train(
     run_dir = Path(run_dir)
     ctx = init_distributed(config.device)
     try:
-        return _train(config, run_dir, resume, list(hooks), builtin_hooks, ctx)
+        return _train(config, run_dir, resume, restart, list(hooks), builtin_hooks, ctx)
     finally:
         shutdown_distributed(ctx)
 
 
-def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builtin_hooks: bool, ctx: DistContext) -> TrainResult:
-    _prepare_run_dir(run_dir, resume, ctx)
+def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hooks: list, builtin_hooks: bool,
+           ctx: DistContext) -> TrainResult:
+    _prepare_run_dir(run_dir, resume, restart, ctx)
     device = ctx.device
     per_step = ctx.world_size * config.accum_steps
     if config.batch_size % per_step:
@@ -136,7 +183,10 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, hooks: list, builti
     autocast_dtype = resolve_precision(config.precision, device)
 
     # -- state to resume ------------------------------------------------------------------------------------
-    checkpoint = load_latest_checkpoint(run_dir) if resume else None
+    checkpoint = load_latest_checkpoint(run_dir, set_aside_unreadable=ctx.is_main) if resume else None
+    if resume and checkpoint is None and _has_history(run_dir):
+        raise FetalCLIPError(f"{run_dir}: --resume found no readable checkpoint to continue from (damaged ones are "
+                             f"set aside as *{UNREADABLE_SUFFIX}); pass --restart to start over, keeping the old run aside")
     if checkpoint is not None:
         differences = trajectory_differences(checkpoint["config"], config)
         if differences:

@@ -29,8 +29,20 @@ def read_log(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def _step_of(path: Path, line: int, row: Mapping[str, Any]) -> int:
+    try:
+        return int(row.get("step") or "")
+    except (TypeError, ValueError):
+        raise FetalCLIPError(f"{path}: line {line}: step {row.get('step')!r} is not a whole number; "
+                             "fix or delete that line, then resume again") from None
+
+
 def _truncate(path: Path, columns: tuple[str, ...], last_step: int) -> None:
-    rows = [row for row in read_log(path) if int(row["step"]) <= last_step]
+    try:
+        logged = read_log(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise FetalCLIPError(f"{path}: not a readable CSV log ({exc})") from None
+    rows = [row for line, row in enumerate(logged, start=2) if _step_of(path, line, row) <= last_step]
     lines = [",".join(columns)] + [",".join(row.get(c, "") for c in columns) for row in rows]
     write_text_atomic(path, "\n".join(lines) + "\n")
 
