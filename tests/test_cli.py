@@ -85,3 +85,70 @@ def test_convert_published_to_our_format(tmp_path, tiny_model):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "converted" / "model.safetensors").is_file()
     assert "fetalclip-tiny" in result.output
+
+
+# -- the error boundary in main --------------------------------------------------------------------------------
+def _main_exit(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code, capsys.readouterr().err
+
+
+def _failing_loader(monkeypatch, exc):
+    import fetalclip.models
+
+    def load(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(fetalclip.models, "load", load)
+
+
+def test_unexpected_error_is_one_line_with_a_hint_and_exit_1(tmp_path, monkeypatch, capsys):
+    _failing_loader(monkeypatch, RuntimeError("shape mismatch\nin layer 3"))
+    code, err = _main_exit(capsys, ["embed-text", "fetal brain", "--out", str(tmp_path / "t.npz")])
+    assert code == 1
+    assert err.strip() == "error: RuntimeError: shape mismatch in layer 3 (run with -v for the traceback)"
+
+
+def test_verbose_shows_the_traceback_of_an_unexpected_error(tmp_path, monkeypatch, capsys):
+    _failing_loader(monkeypatch, RuntimeError("shape mismatch"))
+    code, err = _main_exit(capsys, ["-v", "embed-text", "fetal brain", "--out", str(tmp_path / "t.npz")])
+    assert code == 1
+    assert "Traceback (most recent call last)" in err and "in load" in err
+    assert err.strip().splitlines()[-1] == "error: RuntimeError: shape mismatch"
+
+
+def test_interrupt_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    _failing_loader(monkeypatch, KeyboardInterrupt())
+    code, err = _main_exit(capsys, ["embed-text", "fetal brain", "--out", str(tmp_path / "t.npz")])
+    assert code == 130
+    assert err.strip() == "error: interrupted"
+
+
+@pytest.mark.parametrize("number", [13, 28, 30])  # EACCES, ENOSPC, EROFS
+def test_os_errors_name_the_file_and_exit_2(tmp_path, monkeypatch, capsys, number):
+    import os
+
+    _failing_loader(monkeypatch, OSError(number, os.strerror(number), "/models/weights.bin"))
+    code, err = _main_exit(capsys, ["embed-text", "fetal brain", "--out", str(tmp_path / "t.npz")])
+    assert code == 2
+    assert err.strip() == f"error: /models/weights.bin: {os.strerror(number)}"
+
+
+def test_usage_errors_keep_click_behaviour(capsys):
+    code, err = _main_exit(capsys, ["embed", "--no-such-option"])
+    assert code == 2 and "No such option" in err and "Traceback" not in err
+
+
+def test_path_errors_survive_pickling_and_a_rebuild_from_their_message():
+    """Worker processes send errors back pickled (pools) or rebuilt from the message alone (torch's
+    DataLoader): both must give the error back, not a TypeError about missing arguments."""
+    import pickle
+
+    from fetalclip.errors import ImageReadError, OutputError
+
+    for error in (ImageReadError("scan.png", "does not decode"), OutputError("out.json", "already exists")):
+        again = pickle.loads(pickle.dumps(error))
+        assert (type(again), again.path, again.reason, str(again)) == (type(error), error.path, error.reason, str(error))
+        rebuilt = type(error)(f"in worker 0: {error}")
+        assert str(rebuilt) == f"in worker 0: {error}" and rebuilt.path == ""

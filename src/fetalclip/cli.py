@@ -2,8 +2,16 @@
 
 Each command module exposes ``register(app)``; adding a capability means adding its module name to
 ``COMMAND_MODULES``. Command modules import torch and friends inside the command functions, so
-``fetalclip --help`` stays fast. Expected failures (``FetalCLIPError``) print one clear line and exit with
-status 2; anything else is a bug and keeps its traceback.
+``fetalclip --help`` stays fast.
+
+``main`` is the one error boundary, so no failure reaches the user as a stack trace unless asked for:
+
+- expected failures (``FetalCLIPError``: a bad file, a refused output) print ``error: <message>``, exit 2;
+- operating-system failures (disk full, permission denied, read-only filesystem) print one line naming the
+  file, exit 2: they are about the environment, not a bug;
+- anything else is a bug: one line ``error: <Type>: <message> (run with -v for the traceback)``, exit 1;
+  with ``-v``/``--verbose`` the traceback is printed as well;
+- Ctrl-C prints ``error: interrupted``, exit 130 (the shell convention for SIGINT).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 
 import typer
 
@@ -40,8 +49,12 @@ app = typer.Typer(
 )
 
 
+_settings = {"verbose": False}  # set by the root callback; read by the error boundary in ``main``
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr.")) -> None:
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (and tracebacks) to stderr.")) -> None:
+    _settings["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # huggingface_hub logs every network retry (and sets its level when imported, hence the environment
     # variable); our own error message says what matters.
@@ -54,11 +67,54 @@ for _module in COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> None:
+    _settings["verbose"] = False
     try:
         app(args=argv, standalone_mode=True)
     except FetalCLIPError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc), 2)
+    except SystemExit as exc:
+        # Typer turns Ctrl-C into a silent exit 130; say what happened.
+        if exc.code == 130 and _interrupted(exc):
+            _fail("interrupted", 130)
+        raise
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except OSError as exc:
+        _show_traceback()
+        _fail(_os_error_text(exc), 2)
+    except Exception as exc:  # noqa: BLE001 - the boundary: every bug gets one line, -v gets the stack
+        _show_traceback()
+        hint = "" if _settings["verbose"] else " (run with -v for the traceback)"
+        _fail(f"{type(exc).__name__}: {exc}{hint}", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {_one_line(message)}", err=True)
+    sys.exit(code)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def _os_error_text(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    names = [name for name in (exc.filename, getattr(exc, "filename2", None)) if name is not None]
+    return f"{' -> '.join(map(str, names))}: {reason}" if names else f"{reason} ({type(exc).__name__})"
+
+
+def _interrupted(exc: BaseException) -> bool:
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _show_traceback() -> None:
+    if _settings["verbose"]:
+        traceback.print_exc(file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ def benchmark_command(
     threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads (on a busy 2-core machine 1 is fastest)."),
     fresh: bool = typer.Option(False, "--fresh", help="Recompute everything instead of reusing stored results."),
     list_tasks: bool = typer.Option(False, "--list-tasks", help="Print the tasks and their options, then exit."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a folder that is not an earlier benchmark run."),
 ) -> None:
     """Benchmark models on the FetalCLIP tasks; writes results.json/.csv/.md and report.html to --out."""
     import json
@@ -86,6 +87,14 @@ def benchmark_command(
         raise typer.Exit()
     if cam_method is not None and cam_method not in METHODS:
         raise FetalCLIPError(f"--cam-method {cam_method!r}: use one of {', '.join(METHODS)}")
+    from ..bench.harness import CACHE_DIR, STORE_DIR
+    from ..bench.report import OUTPUT_FILES
+    from ..outputs import RunFolder, check_outputs, spec_inputs
+
+    # A folder with a result store (or the feature cache an interrupted first run leaves) is an earlier
+    # benchmark: reusing it is the design. Any other must not already hold the files this run writes.
+    check_outputs(folders=[RunFolder(out, writes=(*OUTPUT_FILES, STORE_DIR, CACHE_DIR), marks=(STORE_DIR, CACHE_DIR))],
+                  inputs=spec_inputs(data), overwrite=overwrite)
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
     cams = {key: value for key, value in (("method", cam_method), ("per_class", cams_per_class)) if value is not None}
     options = _merge(base, {"cams": cams} if cams else {}, parse_task_options(task_option))

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from ..outputs import OVERWRITE_HELP
+
 biometry_app = typer.Typer(help="Fetal biometry from segmentations.", no_args_is_help=True)
 
 
@@ -18,19 +20,24 @@ def hc_command(
     cache: Optional[str] = typer.Option(None, "--cache", help="Feature cache folder ('none' disables it)."),
     device: str = typer.Option("cpu", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (1 is fastest on a busy machine)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Measure every image: ellipse fit, HC (Ramanujan), BPD, OFD in mm, GA (WHO median, Hadlock)."""
 
     from ..data.datasets import open_dataset
     from ..errors import FetalCLIPError
     from ..io import write_json_atomic
+    from ..outputs import check_outputs, dataset_inputs
     from ..tasks.biometry import measure_dataset
+    from .probe import SEGMENTER_FILES
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     dataset = open_dataset(data)
+    segmenter_files = [segmenter / name for name in SEGMENTER_FILES] if segmenter else []
+    check_outputs({"--out": out}, inputs=[*dataset_inputs(dataset), *segmenter_files], overwrite=overwrite)
     seg, feature_cache = None, None
     if held_out and segmenter is None:
         raise FetalCLIPError("--held-out needs --segmenter (the run folder holds the split)")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from ..outputs import OVERWRITE_HELP
+
 data_app = typer.Typer(help="Datasets: pack pretraining shards, check them, make patient-level splits.", no_args_is_help=True)
 
 SPEC_HELP = "Dataset spec: hc18:DIR, fpdb:DIR, csv:FILE, folder:DIR or sim:N (repeat for several)."
@@ -24,11 +26,17 @@ def pack_command(
     captions: str = typer.Option(None, "--captions", help="Own caption function as MODULE:FUNCTION, called (sample, rng)."),
     workers: int = typer.Option(None, "--workers", min=0, help="Worker processes (default: CPU cores; 0 = none)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the summary as JSON here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
 ) -> None:
     """Write WebDataset shards (image PNG, caption, metadata JSON, mask) plus a manifest; resumes a partial run."""
     from ..data.captions import load_caption_fn
-    from ..data.shards import pack_shards
+    from ..data.shards import MANIFEST, pack_shards
     from ..io import write_json_atomic
+    from ..outputs import RunFolder, check_outputs, spec_inputs
+
+    # The shard folder resumes by design (pack_shards checks that settings match); only --json is a plain file.
+    check_outputs({"--json": json_out}, folders=[RunFolder(out, writes=(MANIFEST,), marks=(MANIFEST,))],
+                  inputs=spec_inputs(datasets), overwrite=overwrite)
 
     caption_fn = load_caption_fn(captions) if captions else None
     result = pack_shards(datasets, out, shard_size=shard_size, clean=clean, frames=frames, seed=seed, skip_bad=skip_bad,
@@ -51,11 +59,18 @@ def check_command(
     folder: Path = typer.Argument(..., help="A folder written by `fetalclip data pack`."),
     no_decode: bool = typer.Option(False, "--no-decode", help="Check files, checksums and counts only."),
     json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Verify shards against their manifest: checksums, sample counts, and that every sample decodes."""
     from ..data.shards import check_shards
     from ..errors import FetalCLIPError
     from ..io import write_json_atomic
+    from ..outputs import check_outputs
+
+    if folder.is_dir():  # what is checked must not be what is written
+        check_outputs({"--json": json_out}, inputs=[p for p in folder.iterdir() if p.is_file()], overwrite=overwrite)
+    else:
+        check_outputs({"--json": json_out}, overwrite=overwrite)
 
     result = check_shards(folder, decode=not no_decode, progress=True)
     if json_out:
@@ -76,6 +91,7 @@ def split_command(
     test_fraction: float = typer.Option(0.2, "--test-fraction", min=0.0, max=0.95, help="Share of images in the test part."),
     seed: int = typer.Option(0, "--seed"),
     official: bool = typer.Option(False, "--official", help="Test part = the dataset's own test split (e.g. FETAL_PLANES_DB)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Patient-level test part and k folds, saved as JSON (patient ids, not image indices)."""
     from rich.console import Console
@@ -83,7 +99,9 @@ def split_command(
 
     from ..data.datasets import open_dataset
     from ..data.splits import make_splits
+    from ..outputs import check_outputs, spec_inputs
 
+    check_outputs({"--out": out}, inputs=spec_inputs(datasets), overwrite=overwrite)
     records = [record for spec in datasets for record in open_dataset(spec).records]
     splits = make_splits(records, k=k, test_fraction=test_fraction, seed=seed, use_split_column=official)
     splits.settings["specs"] = list(datasets)

@@ -8,6 +8,10 @@ import typer
 
 from ..demo import DEFAULT_MINUTES
 
+# What a demo writes at the top of its folder, and the names that show an earlier (perhaps interrupted) demo.
+DEMO_WRITES = ("data", "run", "benchmark", "results.json", "results.csv", "results.md", "report.html", "demo.json")
+DEMO_MARKS = ("demo.json", "data/train", "benchmark/store")  # data/train is the first thing a demo writes
+
 
 def demo_command(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the phantom data, the run and the report."),
@@ -16,12 +20,16 @@ def demo_command(
     threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)."),
     check: bool = typer.Option(True, "--check/--no-check",
                                help="Exit with status 1 unless pretraining meets the verdict (see docs/demo.md)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a folder that is not an earlier demo run."),
 ) -> None:
     """Render a phantom, pretrain fetalclip-tiny on it, benchmark it against its random init, write report.html."""
     import torch
 
     from ..demo import PRETRAINED_LABEL, RANDOM_LABEL, plan_demo, run_demo
+    from ..outputs import RunFolder, check_outputs
 
+    # A rerun into an earlier demo folder reuses what is there; any other folder must not hold what it writes.
+    check_outputs(folders=[RunFolder(out, writes=DEMO_WRITES, marks=DEMO_MARKS)], overwrite=overwrite)
     plan = plan_demo(minutes, seed=seed)
     if threads:
         torch.set_num_threads(threads)

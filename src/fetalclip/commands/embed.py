@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from ..outputs import OVERWRITE_HELP
+
 MODEL_HELP = "Registered model name, checkpoint folder, published .pt file or hf-hub: reference."
 MODE_HELP = (
     "Image-tower inference: 'exact' (fused fp32 CPU kernels, equal to plain open_clip within 1e-5), "
@@ -21,6 +23,7 @@ def embed_command(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files (counted and listed) instead of stopping."),
     device: str = typer.Option("cpu", "--device"),
     mode: str = typer.Option("exact", "--mode", help=MODE_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Write L2-normalised image embeddings with their file names."""
     import numpy as np
@@ -28,12 +31,14 @@ def embed_command(
     from ..errors import FetalCLIPError
     from ..io import save_npz_atomic
     from ..models import load
+    from ..outputs import check_outputs
     from ..tasks.embed import check_mode, embed_files, list_image_files
 
     check_mode(mode)
     files = list_image_files(inputs)
     if not files:
         raise FetalCLIPError(f"no image files found in {', '.join(map(str, inputs))}")
+    check_outputs({"--out": out}, inputs=files, overwrite=overwrite)
     net = load(model, device=device)
     result = embed_files(net, files, batch_size=batch_size, skip_bad=skip_bad, progress=True, mode=mode)
     save_npz_atomic(
@@ -56,14 +61,17 @@ def embed_text_command(
     model: str = typer.Option("fetalclip-tiny", "--model", "-m", help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, texts)."),
     device: str = typer.Option("cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Write L2-normalised text embeddings with their prompts."""
     import numpy as np
 
     from ..io import save_npz_atomic
     from ..models import load
+    from ..outputs import check_outputs
     from ..tasks.embed import embed_texts
 
+    check_outputs({"--out": out}, overwrite=overwrite)
     net = load(model, device=device)
     embeddings = embed_texts(net, texts)
     save_npz_atomic(out, embeddings=embeddings, texts=np.array(texts, dtype=str), model=np.array(net.name))

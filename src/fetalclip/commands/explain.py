@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from ..outputs import OVERWRITE_HELP
+
 MODEL_HELP = "Registered model name, checkpoint folder, published .pt, hf-hub: reference or open_clip: baseline."
 
 
@@ -19,6 +21,7 @@ def explain_command(
     out: Path = typer.Option(None, "--out", "-o", help="Output PNG (default: IMAGE_STEM.cam.png beside the image)."),
     frame: int = typer.Option(None, "--frame", help="Frame of a multi-frame source (default: the first)."),
     device: str = typer.Option("cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Write the image with its class-activation map and print the zero-shot scores."""
     import numpy as np
@@ -29,12 +32,15 @@ def explain_command(
     from ..io import write_bytes_atomic
     from ..tasks.explain import METHODS, class_embeddings, compute_cams, load_prompt_set
     from ..errors import FetalCLIPError
+    from ..outputs import check_outputs
 
     if method not in METHODS:
         raise FetalCLIPError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     prompts = load_prompt_set(prompt_set)
     if target is not None and target not in prompts:
         raise FetalCLIPError(f"--class {target!r} is not in {prompt_set} ({', '.join(prompts)})")
+    out = out or image.with_name(f"{image.stem}.cam.png")
+    check_outputs({"--out": out}, inputs=[image, prompt_set], overwrite=overwrite)
     sample = read_frame(image, frame)
     net = load_model(model, device=device)
     classes, vectors = class_embeddings(net, prompts)
@@ -46,7 +52,6 @@ def explain_command(
         [(f"{r.target} ({r.scores[r.target]:.1f})", r.cam) for r in results],
         title=f"{image.name} · {net.name} · {method}",
     )
-    out = out or image.with_name(f"{image.stem}.cam.png")
     write_bytes_atomic(out, png)
     probabilities = np.exp(np.array(list(first.scores.values())) - max(first.scores.values()))
     probabilities /= probabilities.sum()

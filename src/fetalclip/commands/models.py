@@ -37,7 +37,13 @@ def convert_command(
 ) -> None:
     """Convert a published-format checkpoint into our safetensors folder format."""
     from ..models import load
+    from ..outputs import RunFolder, check_outputs
 
+    source_path = Path(source).expanduser()
+    sources = [source_path, *(source_path.iterdir() if source_path.is_dir() else ())]
+    # OUT_DIR is replaced whole (the converter's own rule); the guard adds: never the source, and fail early.
+    check_outputs(folders=[RunFolder(out_dir, writes=("model.safetensors", "config.json"), marks=(), option="OUT_DIR")],
+                  inputs=sources, overwrite=overwrite)
     model = load(source, model_name=model_name)
     model.save(out_dir, provenance={"converted_from": source}, overwrite=overwrite)
     typer.echo(f"wrote {out_dir} ({model.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from ..outputs import OVERWRITE_HELP
+
 MODEL_HELP = "Registered model name, checkpoint folder, published .pt file or hf-hub: reference."
 CACHE_HELP = "Feature cache folder ('none' disables it). Default: $FETALCLIP_CACHE or ~/.cache/fetalclip/features."
 
@@ -73,7 +75,16 @@ def _write(out: Optional[Path], result: dict) -> None:
         typer.echo(f"results -> {out}")
 
 
-def _labelled_inputs(model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed):
+def _guard(outputs: dict, datasets: list, overwrite: bool) -> None:
+    """The output guard (``fetalclip.outputs``) with every file of ``datasets`` as an input; before any model loads."""
+    from ..outputs import check_outputs, dataset_inputs
+
+    check_outputs(outputs, inputs=[path for dataset in datasets if dataset is not None for path in dataset_inputs(dataset)],
+                  overwrite=overwrite)
+
+
+def _labelled_inputs(model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed,
+                     outputs, overwrite):
     """Model, feature cache, label key and the (train, external test) probe data shared by classify and fewshot."""
     from ..data.datasets import open_dataset
     from ..tasks.features import AugmentSpec
@@ -82,13 +93,14 @@ def _labelled_inputs(model, cache, device, encode_batch, skip_bad, data, test, l
     key = "label" if label == "plane" else label
     keep = classes.split(",") if classes else None
     drop = exclude.split(",") if exclude else ()
+    dataset = labelled_subset(open_dataset(data), key, keep, drop)
+    test_set = labelled_subset(open_dataset(test), key, keep, drop) if test else None
+    _guard(outputs, [dataset, test_set], overwrite)
     net, feature_cache = _setup(model, cache, device, encode_batch, skip_bad)
     spec = AugmentSpec(copies=augment, seed=seed) if augment else None
-    dataset = labelled_subset(open_dataset(data), key, keep, drop)
     _, train_data = _fetch(feature_cache, dataset, lambda d: probe_data(feature_cache, d, key, spec))
     test_data = None
-    if test:
-        test_set = labelled_subset(open_dataset(test), key, keep, drop)
+    if test_set is not None:
         _, test_data = _fetch(feature_cache, test_set, lambda d: probe_data(feature_cache, d, key))
     return net, feature_cache, key, train_data, test_data
 
@@ -120,12 +132,14 @@ def classify_command(
     encode_batch: int = typer.Option(32, "--encode-batch", min=1),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
     device: str = typer.Option("cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Linear probe: patient-level folds x runs, macro F1 (mean, SD, CI) and per-class F1 on a held-out test split."""
     from ..tasks.probe import run_classification
 
     net, feature_cache, key, train_data, test_data = _labelled_inputs(
-        model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed
+        model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed,
+        {"--out": out}, overwrite,
     )
     result = run_classification(train_data, test_data, folds=folds, runs=runs, seed=seed, grid=parse_grid(grid, lr, weight_decay),
                                 epochs=epochs, batch_size=batch_size, standardize=standardize, progress=True)
@@ -141,6 +155,9 @@ def classify_command(
 
 
 # -- few-shot ----------------------------------------------------------------------------------------------------
+FEWSHOT_FILES = ("fewshot.csv", "fewshot.json", "fewshot.png")
+
+
 def fewshot_command(
     data: str = typer.Option(..., "--data", "-d"),
     model: str = typer.Option("fetalclip-tiny", "--model", "-m", help=MODEL_HELP),
@@ -163,6 +180,7 @@ def fewshot_command(
     encode_batch: int = typer.Option(32, "--encode-batch", min=1),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
     device: str = typer.Option("cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Few-shot curve: macro F1 against N labelled patients (N more validate), support sets x runs."""
     import csv
@@ -172,7 +190,8 @@ def fewshot_command(
     from ..tasks.probe import plot_curve, run_fewshot
 
     net, feature_cache, key, train_data, test_data = _labelled_inputs(
-        model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed
+        model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed,
+        {f"--out-dir ({name})": out_dir / name for name in FEWSHOT_FILES}, overwrite,
     )
     result = run_fewshot(train_data, test_data, sizes=parse_ints(sizes, "--sizes"), support_sets=support_sets, runs=runs,
                          seed=seed, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
@@ -214,23 +233,25 @@ def clips_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o"),
     encode_batch: int = typer.Option(32, "--encode-batch", min=1),
     device: str = typer.Option("cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Clip-level binary detection: frame embeddings concatenated in order -> one linear layer; AUROC over folds x runs."""
     from ..data.datasets import open_dataset
     from ..errors import FetalCLIPError
     from ..tasks.probe_clips import clip_features, run_clip_probe
 
-    net, feature_cache = _setup(model, cache, device, encode_batch, False)
     clips = open_dataset(data)
     if clips.missing:
         raise FetalCLIPError(f"{data}: {len(clips.missing)} clips are missing, e.g. {clips.missing[0][0]}")
     labels = [r.get("label") for r in clips.records]
     if any(label is None for label in labels):
         raise FetalCLIPError(f"{data}: every clip needs a label")
+    test_clips = open_dataset(test) if test else None
+    _guard({"--out": out}, [clips, test_clips], overwrite)
+    net, feature_cache = _setup(model, cache, device, encode_batch, False)
     x = clip_features(feature_cache, clips, frames)
     external = None
-    if test:
-        test_clips = open_dataset(test)
+    if test_clips is not None:
         external = (clip_features(feature_cache, test_clips, frames), [r.get("label") for r in test_clips.records])
     result = run_clip_probe(x, labels, [r.get("patient") or r.get("source") for r in clips.records], folds=folds, runs=runs,
                             seed=seed, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
@@ -245,6 +266,9 @@ def clips_command(
 
 
 # -- segment -----------------------------------------------------------------------------------------------------
+SEGMENTER_FILES = ("decoder.safetensors", "segmenter.json", "splits.json")  # what --save writes into its folder
+
+
 def segment_command(
     data: str = typer.Option(..., "--data", "-d", help="hc18:DIR or csv:FILE with a mask column."),
     model: str = typer.Option("fetalclip-tiny", "--model", "-m", help=MODEL_HELP),
@@ -270,6 +294,7 @@ def segment_command(
     encode_batch: int = typer.Option(32, "--encode-batch", min=1),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
     device: str = typer.Option("cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Segmentation probe: UNETR-lite decoder on 4 frozen blocks + the image; pooled Dice, per-image Dice, Hausdorff (mm)."""
     from ..data.datasets import open_dataset
@@ -281,15 +306,18 @@ def segment_command(
         import torch
 
         torch.set_num_threads(threads)
+    dataset = open_dataset(data)
+    test_set = open_dataset(test) if test else None
+    saved_files = {f"--save ({name})": save / name for name in SEGMENTER_FILES} if save is not None else {}
+    _guard({"--out": out, **saved_files}, [dataset, test_set], overwrite)
     net, feature_cache = _setup(model, cache, device, encode_batch, skip_bad)
     tap_list = parse_ints(taps, "--taps") if taps else None
     widths = parse_ints(channels, "--channels") if channels else list(DEFAULT_CHANNELS)
-    dataset = open_dataset(data)
     dataset, (seg_data, originals) = _fetch(feature_cache, dataset, lambda d: segmentation_data(feature_cache, d, tap_list, progress=True, size=size,
                                                                                       merge_labels=merge_labels))
     external = None
-    if test:
-        _, external = _fetch(feature_cache, open_dataset(test), lambda d: segmentation_data(feature_cache, d, tap_list, progress=True, size=size,
+    if test_set is not None:
+        _, external = _fetch(feature_cache, test_set, lambda d: segmentation_data(feature_cache, d, tap_list, progress=True, size=size,
                                                                                       merge_labels=merge_labels))
     result, best, split_info = run_segmentation(seg_data, originals, folds=folds, runs=runs, seed=seed, epochs=epochs,
                                                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, channels=widths,

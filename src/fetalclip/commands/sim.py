@@ -29,13 +29,22 @@ def sim_command(
     frames: int = typer.Option(16, "--frames", min=2, help="Frames per cine clip."),
     defect: str = typer.Option("mixed", "--defect", help="Cine defects: hlhs, vsd or mixed."),
     clips_per_patient: int = typer.Option(2, "--clips-per-patient", min=1, help="Cine clips per synthetic patient."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a folder that is not an earlier sim export."),
 ) -> None:
     """Render a phantom set that every command reads as csv:OUT/manifest.csv."""
+    from ..outputs import RunFolder, check_outputs
     from ..progress import progress_bar
 
     from ..sim.dataset import parse_sim_spec, write_phantom
 
     age = f",ga={ga}" if ga.strip() else ""
+    # An earlier export of the same kind (its info file, or the first file of an interrupted one) is
+    # re-rendered in place, as it always was; any other folder must not already hold what an export writes.
+    if cine:
+        info, media, first = "cine.json", ("clips",), "clips/000000/000.png"
+    else:
+        info, media, first = "sim.json", ("images", "masks"), "images/000000.png"
+    check_outputs(folders=[RunFolder(out, writes=(*media, "manifest.csv", info), marks=(info, first))], overwrite=overwrite)
     if cine:
         from ..sim.cine import parse_cine_spec, write_cine
 

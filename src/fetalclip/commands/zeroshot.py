@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import typer
 
+from ..outputs import OVERWRITE_HELP
+
 MODEL_HELP = "Registered model name, checkpoint folder, published .pt file or hf-hub: reference."
 DATA_HELP = "Dataset spec: fpdb:DIR, hc18:DIR, csv:FILE, folder:DIR."
 
@@ -30,6 +32,7 @@ def _classification(
     device: str,
     skip_bad: bool,
     n_bootstrap: int,
+    overwrite: bool,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -37,9 +40,11 @@ def _classification(
     from ..data.datasets import open_dataset
     from ..io import write_json_atomic
     from ..models import load
+    from ..outputs import check_outputs, dataset_inputs
     from ..tasks.zeroshot import load_prompts, named_metrics, predict, report
 
     dataset = open_dataset(data)
+    check_outputs({"--out": out}, inputs=[*dataset_inputs(dataset), prompts], overwrite=overwrite)
     prompt_set = load_prompts(prompts, task)
     net = load(model, device=device)
     predictions = predict(net, dataset, task, prompt_set, distractors, batch_size=batch_size, skip_bad=skip_bad, progress=True)
@@ -103,9 +108,10 @@ def planes_command(
     device: str = typer.Option("cpu", "--device"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (counted and listed)."),
     n_bootstrap: int = typer.Option(10_000, "--n-bootstrap", min=0, help="Bootstrap resamples for the CI (0: none)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Five standard planes (abdomen, brain, femur, thorax, cervix), distractor classes offered by default."""
-    _classification("planes", model, data, prompts, distractors, out, batch_size, device, skip_bad, n_bootstrap)
+    _classification("planes", model, data, prompts, distractors, out, batch_size, device, skip_bad, n_bootstrap, overwrite)
 
 
 @zeroshot_app.command("brain")
@@ -119,9 +125,10 @@ def brain_command(
     device: str = typer.Option("cpu", "--device"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (counted and listed)."),
     n_bootstrap: int = typer.Option(10_000, "--n-bootstrap", min=0, help="Bootstrap resamples for the CI (0: none)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Brain sub-planes: trans-thalamic, trans-cerebellum, trans-ventricular."""
-    _classification("brain", model, data, prompts, distractors, out, batch_size, device, skip_bad, n_bootstrap)
+    _classification("brain", model, data, prompts, distractors, out, batch_size, device, skip_bad, n_bootstrap, overwrite)
 
 
 # -- gestational age -----------------------------------------------------------------------------------------
@@ -156,6 +163,13 @@ def _load_scores(path: Path) -> dict[str, Any]:
 def _format_ga(days: float) -> str:
     weeks, rest = divmod(int(days), 7)
     return f"{weeks}w{rest}d"
+
+
+def _beside(out: Path, suffix: str, role: str) -> Path:
+    """The default name of a side output next to ``out``: OUT with ``suffix``, or, when that is OUT itself
+    (``--out r.csv``), OUT's stem plus the output's role (``r.per-image.csv``), so it never replaces OUT."""
+    candidate = out.with_suffix(suffix)
+    return candidate if candidate != out else out.with_name(f"{out.stem}.{role}{suffix}")
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -214,12 +228,13 @@ def ga_command(
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Write the score map (.npz) for re-decoding."),
     scores: Optional[Path] = typer.Option(None, "--scores", help="Re-decode a saved score map instead of running a model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Result JSON; the CSV and PNG go beside it unless named."),
-    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Per-image predictions (default: OUT with .csv)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Scatter plot PNG (default: OUT with .png)."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Per-image predictions (default: OUT with .csv, or OUT_STEM.per-image.csv if OUT is a .csv)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Scatter plot PNG (default: OUT with .png, or OUT_STEM.scatter.png if OUT is a .png)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
     device: str = typer.Option("cpu", "--device"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images and images without spacing (listed)."),
     n_bootstrap: int = typer.Option(10_000, "--n-bootstrap", min=0, help="Bootstrap resamples for the CI (0: none)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Gestational age from fetal head images: per-image ages, validity rate (VPR) with CI, scatter plot."""
     import numpy as np
@@ -227,11 +242,17 @@ def ga_command(
     from ..errors import FetalCLIPError
     from ..growth import ga_from_hc, hadlock_ga_from_hc
     from ..io import save_npz_atomic, write_json_atomic
+    from ..outputs import check_outputs, dataset_inputs
     from ..tasks.gestational_age import decode_top_k_median, ga_metrics, in_band
 
+    if out is not None:
+        csv_path = csv_path or _beside(out, ".csv", "per-image")
+        plot = plot or _beside(out, ".png", "scatter")
+    outputs = {"--out": out, "--csv": csv_path, "--plot": plot}
     if scores is not None:
         if model is not None or data is not None:
             raise FetalCLIPError("--scores re-decodes a saved map: give it without --model/--data")
+        check_outputs(outputs, inputs=[scores], overwrite=overwrite)
         saved = _load_scores(scores)
         model_name, skipped = None, []
     else:
@@ -242,6 +263,7 @@ def ga_command(
         from ..tasks.gestational_age import load_templates, predict_ga
 
         dataset = open_dataset(data)
+        check_outputs({**outputs, "--save-scores": save_scores}, inputs=[*dataset_inputs(dataset), templates], overwrite=overwrite)
         template_list = load_templates(templates)
         net = load(model, device=device)
         predictions = predict_ga(net, dataset, template_list, batch_size=batch_size, skip_bad=skip_bad, progress=True)
@@ -285,9 +307,6 @@ def ga_command(
     typer.echo(f"mean |predicted - WHO-median age of true HC|: {metrics['zeroshot/ga/mae_days_vs_who_median']:.1f} days")
     _report_skipped(skipped)
 
-    if out is not None:
-        csv_path = csv_path or out.with_suffix(".csv")
-        plot = plot or out.with_suffix(".png")
     if csv_path is not None:
         who_median = ga_from_hc(hc)
         hadlock = hadlock_ga_from_hc(hc)
