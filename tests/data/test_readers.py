@@ -203,3 +203,44 @@ def test_folder_of_frames_is_a_clip(tmp_path, ramp_frames):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageReadError, match="no image frames"):
         list(read_samples(tmp_path / "empty"))
+
+
+# -- GIF, the pixel budget and exact pixel data on good inputs --------------------------------------------------
+def test_gif_is_a_raster_format_like_tiff(tmp_path, ramp_frames):
+    from fetalclip.data.readers import RASTER_SUFFIXES, frame_files, raster_frame_count
+
+    pages = [Image.fromarray(f) for f in ramp_frames]
+    pages[0].save(tmp_path / "loop.gif", save_all=True, append_images=pages[1:], duration=100)
+    assert ".gif" in RASTER_SUFFIXES and source_kind(tmp_path / "loop.gif") == "raster"
+    assert raster_frame_count(tmp_path / "loop.gif") == 5
+    # A still-image use reads the first frame; read_samples gives every frame, as for a multi-page TIFF.
+    assert np.array_equal(read_image(tmp_path / "loop.gif")["image"], ramp_frames[0])
+    assert [s["frame_index"] for s in read_samples(tmp_path / "loop.gif", frames="every:2")] == [0, 2, 4]
+    assert frame_files(tmp_path) == [tmp_path / "loop.gif"]
+
+
+def test_images_at_the_budget_read_and_one_pixel_more_does_not(tmp_path, monkeypatch):
+    from fetalclip.data.readers import FRAME_PIXELS_ENV
+
+    Image.fromarray(np.full((10, 12), 9, np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setenv(FRAME_PIXELS_ENV, "120")
+    assert read_image(tmp_path / "a.png")["image"].shape == (10, 12)
+    monkeypatch.setenv(FRAME_PIXELS_ENV, "119")
+    with pytest.raises(ImageReadError, match=r"a\.png: declares 12x10 = 120 pixels per frame"):
+        read_image(tmp_path / "a.png")
+
+
+def test_dicom_odd_length_pixel_data_keeps_its_pad_byte(tmp_path, dicom_writer):
+    odd = np.arange(15, dtype=np.uint8).reshape(3, 5)  # 15 bytes, stored padded to 16
+    assert np.array_equal(read_frame(dicom_writer(tmp_path / "odd.dcm", odd))["image"], odd)
+    assert np.array_equal(read_frame(dicom_writer(tmp_path / "odd_rle.dcm", odd, transfer_syntax="rle"))["image"], odd)
+
+
+def test_frame_folder_error_names_the_frame_file(tmp_path, ramp_frames):
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    Image.fromarray(ramp_frames[0]).save(clip / "frame_1.png")
+    (clip / "frame_2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(ImageReadError) as info:
+        list(read_samples(clip))
+    assert info.value.path == str(clip / "frame_2.png")

@@ -8,11 +8,22 @@ supplies it. Spacing comes from the ultrasound region calibration (``SequenceOfU
 units cm) first, because that is what scanners write, then ``PixelSpacing``; otherwise it is ``None``, never
 a guess. Frames are decoded one at a time (``pydicom.pixels.iter_pixels``), so a long cine loop is never
 fully in memory.
+
+The header is trusted for nothing before it is checked: it is read with the pixel data left on disk, its
+declared size (Rows x Columns x frames) must fit the readers' one pixel budget, and uncompressed pixel data
+must be exactly as long as the header says (one odd-length pad byte allowed) and wholly present in the
+file. Compressed data is checked by its decoder; where pydicom survives a disagreement with a warning (an
+RLE segment longer than Rows x Columns, more frames than Number of Frames), that warning is an error here,
+because the alternative is a silently cropped or mis-framed image.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,6 +31,7 @@ import numpy as np
 
 from ..errors import ImageReadError
 from .frames import FrameSelection
+from .readers import check_pixel_budget, reading, require_file
 from .sample import make_sample
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
@@ -28,6 +40,10 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 _UNITS_CM = 3
 # Anisotropy beyond this relative difference makes a single spacing number wrong for measurements.
 _ISOTROPY_TOLERANCE = 0.01
+# Header values longer than this stay on disk until used: the pixel data above all, whatever size it claims.
+_DEFER_BYTES = 4096
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
@@ -47,10 +63,9 @@ def _read_header(path: Path):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    if not path.is_file():
-        raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
+    require_file(path)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
     except InvalidDicomError as exc:
         raise ImageReadError(path, f"not a DICOM file ({exc})") from None
     except Exception as exc:  # pydicom raises many types for damaged headers
@@ -58,10 +73,129 @@ def _read_header(path: Path):
     return ds
 
 
+def _frame_count(path: Path, ds) -> int:
+    value = ds.get("NumberOfFrames", 1)
+    try:
+        return int(value or 1)
+    except (TypeError, ValueError):
+        raise ImageReadError(path, f"Number of Frames {value!r} is not a whole number") from None
+
+
+def _pixel_element(ds):
+    """The pixel data element, left deferred when it is (its value is then ``None``, its length and offset known)."""
+    keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
+    return ds.get_item(keyword, keep_deferred=True)
+
+
+def _stored_pixel_bytes(path: Path, element) -> int | None:
+    """Bytes of pixel data the file really holds, without reading them; ``None`` when encapsulated."""
+    length = getattr(element, "length", None)  # a deferred value: its declared length and file offset
+    if length is None:
+        value = element.value
+        return None if getattr(element, "is_undefined_length", False) or value is None else len(value)
+    if length == _UNDEFINED_LENGTH:
+        return None
+    return min(length, max(0, path.stat().st_size - element.value_tell))
+
+
+@contextmanager
+def _encapsulated_data(path: Path, element) -> Iterator[Any]:
+    """A seekable view of encapsulated pixel data (the file itself when the value was left on disk)."""
+    import io
+
+    if element.value is not None:
+        yield io.BytesIO(element.value)
+        return
+    with open(path, "rb") as handle:
+        handle.seek(element.value_tell)
+        yield handle
+
+
+def _check_fragments(path: Path, ds, element, n_frames: int) -> None:
+    """Compressed frames the file holds, counted from its item headers (no data read), against the header."""
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+    from pydicom.uid import RLELossless
+
+    with _encapsulated_data(path, element) as data:
+        offsets = parse_basic_offsets(data)
+        n_fragments = parse_fragments(data)[0]
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    # RLE puts each frame in exactly one fragment; other codecs may split a frame, never share one.
+    if (syntax == RLELossless and n_fragments != n_frames) or n_fragments < n_frames:
+        raise ImageReadError(path, f"header declares {n_frames} frame(s) but the pixel data holds {n_fragments} fragment(s)")
+    if offsets and len(offsets) != n_frames:
+        raise ImageReadError(path, f"header declares {n_frames} frame(s) but the offset table lists {len(offsets)}")
+
+
+def _check_pixel_layout(path: Path, ds) -> None:
+    """The declared size fits the budget and matches the pixel data the file holds."""
+    from pydicom.pixels.utils import get_expected_length
+
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if not rows or not columns:
+        raise ImageReadError(path, "DICOM header gives no Rows/Columns for its pixel data")
+    n_frames = _frame_count(path, ds)
+    check_pixel_budget(path, int(columns), int(rows), n_frames)
+    element = _pixel_element(ds)
+    stored = _stored_pixel_bytes(path, element)
+    if stored is None:
+        _check_fragments(path, ds, element, n_frames)
+        return
+    expected = get_expected_length(ds, "bytes")
+    if stored not in (expected, expected + expected % 2):
+        raise ImageReadError(
+            path, f"header declares {columns}x{rows} pixels x {n_frames} frame(s) = {expected:,} bytes of pixel data "
+                  f"but the file holds {stored:,}"
+        )
+
+
+class _DecoderComplaints(logging.Handler):
+    """What pydicom says (warns and logs) while decoding in this thread; its decoders run where they are called,
+    so a thread-local list is exact even when several threads decode at once (the warnings module is not)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self._local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        said = getattr(self._local, "said", None)
+        if said is not None:
+            said.append(record.getMessage())
+            if record.exc_info and isinstance(record.exc_info[1], MemoryError):
+                # pydicom folds a plugin's exceptions into one RuntimeError, where a MemoryError reads as "".
+                said.append(_OUT_OF_MEMORY)
+
+    @contextmanager
+    def collect(self) -> Iterator[list[str]]:
+        self._local.said = said = []
+        try:
+            yield said
+        finally:
+            self._local.said = None
+
+
+_OUT_OF_MEMORY = "\0out of memory"
+_COMPLAINTS = _DecoderComplaints()
+logging.getLogger("pydicom").addHandler(_COMPLAINTS)  # silent: it only listens while a frame is being decoded
+# pydicom's wording for data that holds more than the header declares (it would crop or drop it and go on).
+_EXCESS_SEGMENT = re.compile(r"(\d+) vs\. (\d+) bytes expected")
+_EXCESS_FRAMES = re.compile(r"frames have been found in .*larger than the given .*Number of Frames")
+
+
+def _refuse_excess_data(path: Path, said: list[str]) -> None:
+    for message in said:
+        segment = _EXCESS_SEGMENT.search(message)
+        # One byte over is the pad byte of an odd-length segment; more is image the header does not declare.
+        if segment and int(segment.group(1)) > int(segment.group(2)) + 1:
+            raise ImageReadError(path, f"pixel data holds more than the header's Rows x Columns ({message})")
+        if _EXCESS_FRAMES.search(message):
+            raise ImageReadError(path, f"pixel data holds more frames than the header declares ({message})")
+
+
 def _check_decodable(path: Path, ds) -> None:
     from pydicom.pixels import get_decoder
 
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) and "Rows" not in ds:
+    if not any(tag in ds for tag in _PIXEL_KEYWORDS):
         raise ImageReadError(path, "DICOM file holds no image (no pixel data)")
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None:
@@ -162,34 +296,54 @@ def _to_display(frame: np.ndarray, ds) -> np.ndarray:
 
 
 def dicom_frame_count(path: str | os.PathLike) -> int:
-    ds = _read_header(Path(path))
-    return int(ds.get("NumberOfFrames", 1) or 1)
+    path = Path(path)
+    ds = _read_header(path)
+    with reading(path):
+        _check_decodable(path, ds)
+        _check_pixel_layout(path, ds)
+    return _frame_count(path, ds)
 
 
 def read_dicom(path: str | os.PathLike, frames: "FrameSelection | str | None" = None, **fields: Any) -> Iterator[dict[str, Any]]:
     """Samples for the selected frames of a DICOM file (a single-frame file yields one, ``frame_index`` None)."""
-    from pydicom.pixels import iter_pixels
-
     path = Path(path)
     ds = _read_header(path)
-    _check_decodable(path, ds)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    try:
-        indices = FrameSelection.parse(frames).select(n_frames)
-    except IndexError as exc:
-        raise ImageReadError(path, str(exc)) from None
-    spacing, spacing_info = dicom_spacing(ds)
-    meta = {**_technical_metadata(ds), **spacing_info}
+    with reading(path):
+        _check_decodable(path, ds)
+        _check_pixel_layout(path, ds)
+        n_frames = _frame_count(path, ds)
+        try:
+            indices = FrameSelection.parse(frames).select(n_frames)
+        except IndexError as exc:
+            raise ImageReadError(path, str(exc)) from None
+        spacing, spacing_info = dicom_spacing(ds)
+        meta = {**_technical_metadata(ds), **spacing_info}
     fields = dict(fields)
     if fields.get("pixel_spacing_mm") is None:
         fields["pixel_spacing_mm"] = spacing
     fields["metadata"] = {**meta, **(fields.get("metadata") or {})}
     fields.pop("frame_index", None)
-    try:
-        for index, frame in zip(indices, iter_pixels(path, indices=indices, as_rgb=True)):
+    for index, image in zip(indices, _decoded_frames(path, ds, indices)):
+        yield make_sample(image, str(path), frame_index=index if n_frames > 1 else None, **fields)
+
+
+def _decoded_frames(path: Path, ds, indices: list[int]) -> Iterator[np.ndarray]:
+    """The ``indices`` frames as display arrays, one decoded at a time; pydicom's size complaints are errors."""
+    from pydicom.pixels import iter_pixels
+
+    with reading(path):
+        frames = iter_pixels(path, indices=indices, as_rgb=True)
+    for _ in indices:
+        # Only the decoding step runs inside the boundary: the caller's work between frames is not ours to judge.
+        with reading(path), _COMPLAINTS.collect() as said:
+            try:
+                frame = next(frames, None)
+            except Exception:
+                if _OUT_OF_MEMORY in said:
+                    raise MemoryError from None
+                raise
+            _refuse_excess_data(path, said)
+            if frame is None:
+                raise ImageReadError(path, "pixel data ends before the frames the header declares")
             image = _to_display(frame, ds)
-            yield make_sample(image, str(path), frame_index=index if n_frames > 1 else None, **fields)
-    except ImageReadError:
-        raise
-    except Exception as exc:  # truncated pixel data, bad encapsulation, plugin failures
-        raise ImageReadError(path, f"cannot decode DICOM pixel data ({type(exc).__name__}: {exc})") from exc
+        yield image

@@ -6,41 +6,175 @@ frame. Raster images are decoded with PIL and fully loaded at once, so a truncat
 name, rather than later inside a batch. Decoding keeps the stored depth and colour (grayscale stays 2-D);
 turning pixels into model input is preprocessing's job, not the reader's. DICOM and video support live in
 their own modules and are imported only when such a file shows up.
+
+Two rules hold for every format, and live here so the DICOM and video readers share them:
+
+* One pixel budget (``check_pixel_budget``), applied to the size a file *declares* before any pixel is
+  decoded: at most ``MAX_FRAME_PIXELS`` per frame (``FETALCLIP_MAX_FRAME_PIXELS`` changes it for a site with
+  genuinely larger images), ``MAX_FRAMES`` frames and ``MAX_FILE_PIXELS`` in all per file. A 200-byte PNG or a
+  1 KB DICOM claiming 30000x30000 pixels fails at once in little memory, instead of allocating gigabytes.
+  Every Pillow read (a file, its header size or frame count, a shard member's bytes) opens through one
+  function that checks it. Pillow's own decompression-bomb warning is silenced there because this budget is
+  stricter by default and is the one rule; Pillow's hard stop (twice its limit) still applies and reads as
+  the same error.
+* One error boundary (``reading(path)``): whatever a decoding library raises (Pillow's ``OSError``,
+  ``SyntaxError``, ``struct.error``, pydicom's and PyAV's own errors, a numpy reshape ``ValueError``, a
+  ``MemoryError``) leaves the reader as ``ImageReadError(path, reason)``, so batch commands with ``--skip-bad``
+  count and skip the file instead of stopping. Only decoding runs inside the boundary; building the sample
+  from the caller's fields does not, so a caller's mistake is not disguised as a bad file.
+
+GIF is a raster format like TIFF: folder scans list it, a still-image use reads its first frame, and
+``read_samples`` gives every frame of an animated one, as it does for a multi-page TIFF.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from ..errors import ImageReadError
+from ..errors import FetalCLIPError, ImageReadError
 from .frames import FrameSelection
 from .sample import make_sample
 
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 _MULTIPAGE_SUFFIXES = (".tif", ".tiff", ".gif")
+
+# -- the pixel budget -------------------------------------------------------------------------------------------
+# 8192 x 8192: four times the largest ultrasound frame in common use; one such frame, 16-bit RGB, is 400 MB.
+MAX_FRAME_PIXELS = 8192 * 8192
+FRAME_PIXELS_ENV = "FETALCLIP_MAX_FRAME_PIXELS"
+# An hour and a half of cine at 30 fps; a larger count is a damaged or hostile header, not a scan.
+MAX_FRAMES = 200_000
+# All frames of one file together (about 87,000 frames of 1024x768): bounds the work one file can ask for.
+MAX_FILE_PIXELS = 2**36
+
+
+def max_frame_pixels() -> int:
+    """The per-frame pixel limit in force (``FETALCLIP_MAX_FRAME_PIXELS`` or ``MAX_FRAME_PIXELS``)."""
+    text = os.environ.get(FRAME_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_FRAME_PIXELS
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise FetalCLIPError(f"{FRAME_PIXELS_ENV}={text!r}: expected a positive whole number of pixels")
+    return limit
+
+
+def check_pixel_budget(path: str | os.PathLike, width: int, height: int, frames: int = 1) -> None:
+    """``ImageReadError`` unless ``frames`` frames of ``width`` x ``height`` fit the budget; call before decoding."""
+    width, height, frames = int(width), int(height), int(frames)
+    if width < 1 or height < 1:
+        raise ImageReadError(path, f"declares a {width}x{height} image")
+    limit = max_frame_pixels()
+    if width * height > limit:
+        raise ImageReadError(path, f"declares {width}x{height} = {width * height:,} pixels per frame, over the limit of "
+                                   f"{limit:,} (set {FRAME_PIXELS_ENV} to allow larger images)")
+    check_frame_count(path, frames)
+    if frames * width * height > MAX_FILE_PIXELS:
+        raise ImageReadError(path, f"declares {frames:,} frames of {width}x{height}, over the limit of "
+                                   f"{MAX_FILE_PIXELS:,} pixels per file")
+
+
+def check_frame_count(path: str | os.PathLike, frames: int) -> None:
+    """``ImageReadError`` unless a source's frame count is between 1 and ``MAX_FRAMES``."""
+    if frames < 1:
+        raise ImageReadError(path, f"declares {frames} frames")
+    if frames > MAX_FRAMES:
+        raise ImageReadError(path, f"declares {frames:,} frames, over the limit of {MAX_FRAMES:,} per file")
+
+
+# -- the error boundary -----------------------------------------------------------------------------------------
+@contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Run decoding code for ``path``: any failure comes out as ``ImageReadError`` naming the file.
+
+    The project's own errors pass unchanged (they already name the file); everything else is a library saying
+    the bytes are not what they claim, whatever its type, and is chained so ``-v`` still shows where.
+    """
+    try:
+        yield
+    except FetalCLIPError:
+        raise
+    except MemoryError:
+        raise ImageReadError(path, "not enough memory to decode it") from None
+    except Exception as exc:
+        detail = " ".join(str(exc).split())  # one line, whatever the library's message looks like
+        raise ImageReadError(path, f"cannot decode ({type(exc).__name__}: {detail})") from exc
+
+
+def require_file(path: Path) -> None:
+    """A regular file, or ``ImageReadError`` saying what it is instead."""
+    if not path.is_file():
+        raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
+
+
+@contextmanager
+def _pillow_open(source: Any, path: str | os.PathLike) -> Iterator[Image.Image]:
+    """``Image.open`` with the budget checked on the declared size of the first frame, before any decoding."""
+    try:
+        with warnings.catch_warnings():
+            # The budget below is the rule (and stricter by default); Pillow's warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        # Pillow's hard stop (twice its own limit) comes before the budget can see the size: say it the same way.
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(declared.group(1)):,} pixels" if declared else "more pixels"
+        raise ImageReadError(path, f"declares {size} per frame, over the limit of {max_frame_pixels():,} "
+                                   "(Pillow refuses it as a decompression bomb)") from None
+    with image:
+        check_pixel_budget(path, *image.size)
+        yield image
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """A fully decoded PIL image, or ``ImageReadError`` naming the file and the reason."""
+    """A fully decoded PIL image (the first frame), or ``ImageReadError`` naming the file and the reason."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            # Copy out of the context manager so the file handle is closed; frames beyond the first are the
-            # multi-frame readers' business.
-            return image.copy()
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(path, f"cannot decode image ({exc})") from exc
+    require_file(path)
+    with reading(path), _pillow_open(path, path) as image:
+        image.load()
+        # Copy out of the context manager so the file handle is closed; frames beyond the first are the
+        # multi-frame readers' business.
+        return image.copy()
+
+
+def image_header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of a raster image's first frame from its header, within the budget; nothing is decoded."""
+    path = Path(path)
+    require_file(path)
+    with reading(path), _pillow_open(path, path) as image:
+        return image.height, image.width
+
+
+def raster_frame_count(path: str | os.PathLike) -> int:
+    """Frames of a raster file (pages of a TIFF, frames of a GIF; 1 for the rest), within the budget, undecoded."""
+    path = Path(path)
+    require_file(path)
+    with reading(path), _pillow_open(path, path) as image:
+        n_frames = int(getattr(image, "n_frames", 1))
+        check_pixel_budget(path, *image.size, frames=n_frames)
+        return n_frames
+
+
+def open_image_bytes(data: bytes, name: str) -> Image.Image:
+    """``open_image`` for bytes already in memory (a shard member); ``name`` is what errors call it."""
+    import io
+
+    with reading(name), _pillow_open(io.BytesIO(data), name) as image:
+        image.load()
+        return image.copy()
 
 
 def image_to_array(image: Image.Image) -> np.ndarray:
@@ -84,35 +218,40 @@ def as_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike, **fields: Any) -> dict[str, Any]:
-    """One image file as a sample dictionary (``fields`` fill label, spacing and other known values)."""
-    image = open_image(path)
-    return make_sample(image_to_array(image), str(path), **fields)
+    """One image file (its first frame) as a sample dictionary (``fields`` fill label, spacing and other known values)."""
+    with reading(path):
+        pixels = image_to_array(open_image(path))
+    return make_sample(pixels, str(path), **fields)
 
 
 def _raster_frames(path: Path, frames: FrameSelection, fields: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Multi-page TIFF/GIF as frames; everything else is a single image."""
     if path.suffix.lower() in _MULTIPAGE_SUFFIXES:
-        try:
-            with Image.open(path) as probe:
-                n_frames = getattr(probe, "n_frames", 1)
-        except (OSError, SyntaxError, ValueError):
-            n_frames = 1  # let open_image report the real problem
+        n_frames = raster_frame_count(path)
         if n_frames > 1:
             try:
                 wanted = frames.select(n_frames)
             except IndexError as exc:
                 raise ImageReadError(path, str(exc)) from None
             fields = {k: v for k, v in fields.items() if k != "frame_index"}
-            try:
-                with Image.open(path) as image:
-                    for index, page in enumerate(ImageSequence.Iterator(image)):
-                        if index in wanted:
-                            page.load()
-                            yield make_sample(image_to_array(page.copy()), str(path), frame_index=index, **fields)
-            except (OSError, SyntaxError, ValueError) as exc:
-                raise ImageReadError(path, f"cannot decode page ({exc})") from exc
+            for index, pixels in _decoded_pages(path, wanted):
+                yield make_sample(pixels, str(path), frame_index=index, **fields)
             return
     yield read_image(path, **fields)
+
+
+def _decoded_pages(path: Path, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, pixels) of the ``wanted`` pages, each checked against the budget before it is decoded."""
+    targets = set(wanted)
+    with reading(path), _pillow_open(path, path) as image:
+        for index, page in enumerate(ImageSequence.Iterator(image)):
+            if not targets:
+                break
+            if index in targets:
+                targets.discard(index)
+                check_pixel_budget(path, *page.size)  # pages may declare their own size (TIFF)
+                page.load()
+                yield index, image_to_array(page.copy())
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -134,6 +273,7 @@ def read_frame_folder(folder: str | os.PathLike, frames: "FrameSelection | str |
     files = frame_files(folder)
     if not files:
         raise ImageReadError(folder, "folder holds no image frames")
+    check_frame_count(folder, len(files))
     try:
         wanted = FrameSelection.parse(frames).select(len(files))
     except IndexError as exc:
@@ -141,7 +281,8 @@ def read_frame_folder(folder: str | os.PathLike, frames: "FrameSelection | str |
     fields = {k: v for k, v in fields.items() if k != "frame_index"}
     base_meta = fields.pop("metadata", None) or {}
     for index in wanted:
-        image = image_to_array(open_image(files[index]))
+        with reading(files[index]):
+            image = image_to_array(open_image(files[index]))
         meta = {"format": "frames", "frame_file": files[index].name, "number_of_frames": len(files), **base_meta}
         yield make_sample(image, str(folder), frame_index=index, metadata=meta, **fields)
 

@@ -5,6 +5,11 @@ container and codec an ultrasound export is likely to use, without a system FFmp
 order and only the selected ones are converted, so memory stays at one frame; decoding stops after the last
 selected frame. Grey loops (equal colour channels, within codec noise) come back 2-D like grey PNGs, so a
 cine loop and a still of the same scanner look alike to everything downstream.
+
+The readers' pixel budget applies before anything is decoded: the frame size the stream header declares,
+the frame count (declared, or counted from packets, which stops at the limit), and again each decoded
+frame's own size before it is converted (a stream may change resolution mid-way). Every PyAV/FFmpeg failure
+comes out as ``ImageReadError`` naming the file.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 
 from ..errors import ImageReadError
 from .frames import FrameSelection
+from .readers import MAX_FRAMES, check_frame_count, check_pixel_budget, reading, require_file
 from .sample import make_sample
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
@@ -37,8 +43,7 @@ def _av(path: Path):
 
 def _open(path: Path):
     av = _av(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
+    require_file(path)
     try:
         container = av.open(str(path))
     except Exception as exc:  # av.error.* for unknown containers, bad headers
@@ -49,21 +54,37 @@ def _open(path: Path):
     return container
 
 
-def _count(container) -> int:
+def _count(path: Path, container) -> int:
     stream = container.streams.video[0]
     if stream.frames:
-        return int(stream.frames)
-    # Some containers (raw streams, some avi) do not record a count: count packets, which costs no decoding.
-    count = sum(1 for packet in container.demux(stream) if packet.size)
-    container.seek(0)
+        count = int(stream.frames)
+    else:
+        # Some containers (raw streams, some avi) do not record a count: count packets, which costs no decoding,
+        # and stop one past the limit so an endless stream cannot keep this loop going.
+        count = 0
+        for packet in container.demux(stream):
+            count += 1 if packet.size else 0
+            if count > MAX_FRAMES:
+                break
+        container.seek(0)
+    if count == 0:
+        raise ImageReadError(path, "holds no video frames")
+    check_frame_count(path, count)
     return count
+
+
+def _declared_size(container) -> tuple[int, int] | None:
+    """(width, height) from the stream header; ``None`` when it gives none (then each frame is checked)."""
+    context = container.streams.video[0].codec_context
+    return (context.width, context.height) if context.width and context.height else None
 
 
 def video_frame_count(path: str | os.PathLike) -> int:
     path = Path(path)
     container = _open(path)
     try:
-        return _count(container)
+        with reading(path):
+            return _count(path, container)
     finally:
         container.close()
 
@@ -82,31 +103,49 @@ def read_video(path: str | os.PathLike, frames: "FrameSelection | str | None" = 
     path = Path(path)
     container = _open(path)
     try:
-        n_frames = _count(container)
-        try:
-            wanted = FrameSelection.parse(frames).select(n_frames)
-        except IndexError as exc:
-            raise ImageReadError(path, str(exc)) from None
+        with reading(path):
+            size = _declared_size(container)
+            if size:
+                check_pixel_budget(path, *size)  # before counting: a counting pass reads every packet
+            n_frames = _count(path, container)
+            if size:
+                check_pixel_budget(path, *size, frames=n_frames)
+            try:
+                wanted = FrameSelection.parse(frames).select(n_frames)
+            except IndexError as exc:
+                raise ImageReadError(path, str(exc)) from None
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate) if stream.average_rate else None
+            codec = stream.codec_context.name
         if not wanted:
             return
-        stream = container.streams.video[0]
-        rate = float(stream.average_rate) if stream.average_rate else None
         fields = dict(fields)
         fields.pop("frame_index", None)
-        fields["metadata"] = {"format": "video", "codec": stream.codec_context.name, "frames_per_second": rate,
+        fields["metadata"] = {"format": "video", "codec": codec, "frames_per_second": rate,
                               "number_of_frames": n_frames, **(fields.get("metadata") or {})}
-        targets = set(wanted)
-        last = wanted[-1]
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                if index in targets:
-                    image = frame_to_array(frame.to_ndarray(format="rgb24"))
-                    yield make_sample(image, str(path), frame_index=index, **fields)
-                if index >= last:
-                    break
-        except ImageReadError:
-            raise
-        except Exception as exc:  # av.error.InvalidDataError and friends on damaged streams
-            raise ImageReadError(path, f"cannot decode video frame ({exc})") from exc
+        for index, image in _decoded_frames(path, container, wanted):
+            yield make_sample(image, str(path), frame_index=index, **fields)
     finally:
         container.close()
+
+
+def _decoded_frames(path: Path, container, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, array) of the ``wanted`` frames; decoding stops after the last one."""
+    stream = container.streams.video[0]
+    targets, last = set(wanted), wanted[-1]
+    with reading(path):
+        decoded = enumerate(container.decode(stream))
+    while True:
+        # Only decoding runs inside the boundary; the caller's work between frames is not ours to judge.
+        with reading(path):
+            index, frame = next(decoded, (None, None))
+            if frame is None:
+                return
+            image = None
+            if index in targets:
+                check_pixel_budget(path, frame.width, frame.height)
+                image = frame_to_array(frame.to_ndarray(format="rgb24"))
+        if image is not None:
+            yield index, image
+        if index >= last:
+            return

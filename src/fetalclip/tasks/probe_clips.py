@@ -71,13 +71,9 @@ def list_clip_frames(source: str) -> list[tuple[str, int | None]]:
 
 
 def _multi_frame_count(path: Path) -> int:
-    from PIL import Image, UnidentifiedImageError
+    from ..data.readers import raster_frame_count
 
-    try:
-        with Image.open(path) as image:
-            return int(getattr(image, "n_frames", 1))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageReadError(path, f"cannot read clip ({exc})") from exc
+    return raster_frame_count(path)  # the readers' budget and error rules, as for every other read
 
 
 def read_clip_frame(record: dict[str, Any]) -> dict[str, Any]:
