@@ -29,12 +29,16 @@ import copy
 import hashlib
 import json
 import os
+import pickle
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 
 from ..errors import FetalCLIPError
+from ..models.checkpoint import check_torch_file, unpickling_reason
 from ..models.model import FetalCLIP
 from ..models.preprocess import ImageLike, PreprocessConfig, to_rgb_image
 from ..provenance import base_provenance
@@ -296,7 +300,15 @@ def _model_cfg(source: BaselineSource) -> dict[str, Any]:
     import open_clip
 
     if source.folder is not None:
-        return json.loads((source.folder / OPEN_CLIP_CONFIG).read_text())["model_cfg"]
+        config_path = source.folder / OPEN_CLIP_CONFIG
+        try:
+            config = json.loads(config_path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise FetalCLIPError(f"{config_path}: cannot read it as JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+        model_cfg = config.get("model_cfg") if isinstance(config, dict) else None
+        if not isinstance(model_cfg, dict) or "embed_dim" not in model_cfg:
+            raise FetalCLIPError(f"{config_path}: expected an object with a 'model_cfg' object holding 'embed_dim'")
+        return model_cfg
     return open_clip.get_model_config(source.arch)
 
 
@@ -307,6 +319,8 @@ def load_baseline(
     import open_clip
 
     source = resolve_baseline(spec, cache_dir)
+    if source.weights is not None and source.weights.suffix not in (".safetensors", ".npz", ".npy"):
+        check_torch_file(source.weights)  # a text or HTML file named .bin is refused before torch reads it
     model_cfg = _model_cfg(source)
     forced: dict[str, Any] = {}
     if source.tag_cfg:
@@ -315,7 +329,7 @@ def load_baseline(
     try:
         with _offline():
             if source.folder is not None:
-                clip = open_clip.create_model(f"local-dir:{source.folder}", device=device)
+                clip = open_clip.create_model(f"local-dir:{source.folder}", device=device, weights_only=True)
                 tokenizer = open_clip.get_tokenizer(f"local-dir:{source.folder}")
             else:
                 state = torch.random.get_rng_state()
@@ -328,14 +342,23 @@ def load_baseline(
                         force_preprocess_cfg=forced or None,
                         pretrained_text=False,
                         device=device,
+                        # open_clip's default today, pinned: a baseline file never gets to run pickled code.
+                        weights_only=True,
                     )
                 finally:
                     torch.random.set_rng_state(state)
                 tokenizer = open_clip.get_tokenizer(source.arch)
+    except pickle.UnpicklingError as exc:
+        raise FetalCLIPError(
+            f"{spec}: refused to load {source.describe()}: it is damaged or holds pickled objects other than "
+            f"tensors ({unpickling_reason(exc)})"
+        ) from None
     except ImportError as exc:
         raise FetalCLIPError(f"{spec}: this open_clip model needs an extra package ({exc}); install it and retry") from exc
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        raise FetalCLIPError(f"{spec}: open_clip could not build it from {source.describe()}: {exc}") from exc
+    except (RuntimeError, OSError, ValueError, KeyError, EOFError, IndexError, struct.error, zipfile.BadZipFile) as exc:
+        # The last four: torch's reader on a truncated or damaged weights file.
+        reason = unpickling_reason(exc)
+        raise FetalCLIPError(f"{spec}: open_clip could not build it from {source.describe()}: {reason}") from exc
     preprocess_cfg = dict(getattr(clip.visual, "preprocess_cfg", {}) or {})
     config = {
         "model_name": label or spec,

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import FetalCLIPError
 from ..growth import ga_from_hc
+from .sample import positive_finite
 
 CaptionFn = Callable[[dict[str, Any], np.random.Generator], str]
 
@@ -187,6 +188,13 @@ def caption_ga_days(sample: dict[str, Any]) -> tuple[float | None, str | None]:
     return None, None
 
 
+def _checked(value: Any, field: str, sample: dict[str, Any]) -> float | None:
+    try:
+        return positive_finite(value, field)
+    except ValueError as exc:
+        raise FetalCLIPError(f"{sample.get('source')}: cannot caption it: {exc}") from None
+
+
 def template_caption(sample: dict[str, Any], rng: np.random.Generator) -> str:
     """One sentence from the sample's view, gestational age and 224-input pixel spacing."""
     phrases = view_phrases(sample)
@@ -195,8 +203,11 @@ def template_caption(sample: dict[str, Any], rng: np.random.Generator) -> str:
     ga_days, _ = caption_ga_days(sample)
     ga_frame = GA_PHRASES[int(rng.integers(len(GA_PHRASES)))]
     spacing_frame = SPACING_PHRASES[int(rng.integers(len(SPACING_PHRASES)))]
+    # Numbers that reach here from a shard or a caller's own sample are checked again: a caption must never
+    # read "pixel spacing nan mm" or "-3 weeks".
+    ga_days = _checked(ga_days, "gestational age (days)", sample)
     ga = ga_frame.format(ga=format_ga(ga_days)) if ga_days is not None else ""
-    spacing_224 = sample.get("pixel_spacing_224_mm")
+    spacing_224 = _checked(sample.get("pixel_spacing_224_mm"), "pixel_spacing_224_mm", sample)
     spacing = spacing_frame.format(spacing=f"{spacing_224:.2f}") if spacing_224 is not None else ""
     text = template.format(view=view, ga=ga, spacing=spacing)
     finding = sample.get("finding")

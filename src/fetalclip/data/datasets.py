@@ -7,6 +7,13 @@ so listing 12,000 images costs a CSV read (and, where a spacing is known, an ima
 of frames): indexing reads its ``frame_index`` (first frame when ``None``), ``iter_record_samples`` expands
 it into frames. Adapters register under a scheme name; ``sim`` is registered by ``fetalclip.sim`` and
 imported only when asked for, keeping the data layer free of the phantom's dependencies.
+
+Manifests are untrusted text. Every table is read through ``_table_rows`` (UTF-8, required columns checked,
+one error naming the file for a bad encoding or a broken CSV) and every number through ``_number`` (positive
+and finite, or an error naming file, line and column). Rows that cannot be used but need not stop the run (a
+listed file that is absent, the same image listed twice) are kept out of ``records`` and counted in the
+dataset's ``missing`` and ``duplicates``; ``open_dataset`` logs them and ``problems()`` gives them to a
+command's JSON, so no command drops or double-counts rows without saying so.
 """
 
 from __future__ import annotations
@@ -14,21 +21,22 @@ from __future__ import annotations
 import copy
 import csv
 import importlib
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from PIL import Image
-
-from ..errors import FetalCLIPError
+from ..errors import FetalCLIPError, ImageReadError
 from .frames import FrameSelection
 from .labels import canonical_label
 from .masks import fill_outline, read_mask
-from .readers import RASTER_SUFFIXES, read_frame, read_image, read_samples, source_kind
-from .sample import spacing_224
+from .readers import RASTER_SUFFIXES, image_header_size, read_frame, read_image, read_samples, source_kind
+from .sample import positive_finite, spacing_224
 
 Record = dict[str, Any]
 Loader = Callable[[Record], dict[str, Any]]
+log = logging.getLogger("fetalclip")
 
 
 def _record_fields(record: Record) -> dict[str, Any]:
@@ -57,9 +65,8 @@ def image_size(path: str | Path) -> tuple[int, int] | None:
     if Path(path).suffix.lower() not in RASTER_SUFFIXES:
         return None
     try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except (OSError, SyntaxError, ValueError):
+        return image_header_size(path)  # the readers' rules: any failure or an over-budget size is "unreadable"
+    except ImageReadError:
         return None
 
 
@@ -80,6 +87,7 @@ class SampleDataset:
     records: list[Record]
     loader: Loader = load_record_image
     missing: list[tuple[str, str]] = field(default_factory=list)  # (source, reason) for rows without a file
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (source, reason) for rows listed again
 
     def __len__(self) -> int:
         return len(self.records)
@@ -92,7 +100,24 @@ class SampleDataset:
             yield self[index]
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> "SampleDataset":
-        return SampleDataset(name or self.name, [self.records[i] for i in indices], self.loader, list(self.missing))
+        return SampleDataset(
+            name or self.name, [self.records[i] for i in indices], self.loader, list(self.missing), list(self.duplicates)
+        )
+
+    def problems(self) -> dict[str, Any]:
+        """Rows left out when the dataset was opened, for a command's output: count and first example of each."""
+        return {
+            kind: {"count": len(rows), "first": None if not rows else {"source": rows[0][0], "reason": rows[0][1]}}
+            for kind, rows in (("missing", self.missing), ("duplicates", self.duplicates))
+        }
+
+    def describe_problems(self) -> str | None:
+        """One line saying which listed rows were left out, ``None`` when none were."""
+        parts = []
+        for label, rows in (("listed file(s) missing", self.missing), ("duplicate row(s) ignored", self.duplicates)):
+            if rows:
+                parts.append(f"{len(rows)} {label} (first: {rows[0][0]}, {rows[0][1]})")
+        return f"{self.name}: " + "; ".join(parts) if parts else None
 
     def column(self, key: str) -> list[Any]:
         return [record.get(key) for record in self.records]
@@ -136,7 +161,12 @@ def open_dataset(spec: str) -> SampleDataset:
         importlib.import_module(_LAZY_ADAPTERS[scheme])
     if scheme not in _ADAPTERS:
         raise FetalCLIPError(f"dataset spec {spec!r}: unknown scheme {scheme!r}; known: {', '.join(known_schemes())}")
-    return _ADAPTERS[scheme](argument)
+    dataset = _ADAPTERS[scheme](argument)
+    # Every command opens its data here, so this is where left-out rows are announced (once per dataset).
+    summary = dataset.describe_problems()
+    if summary:
+        log.warning("%s", summary)
+    return dataset
 
 
 def _existing_dir(path: str, spec: str) -> Path:
@@ -146,13 +176,104 @@ def _existing_dir(path: str, spec: str) -> Path:
     return folder
 
 
-def _float_or_none(value: str | None) -> float | None:
-    value = (value or "").strip()
-    return float(value) if value else None
+def _table_rows(table: Path, required: Sequence[str], delimiter: str = ",") -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) for each data row of a CSV table: names and values stripped, absent values ``""``.
+
+    A file that is not UTF-8, is not a CSV or lacks a ``required`` column is one ``FetalCLIPError`` naming it.
+    Line numbers count rows, the header being line 1 (a quoted cell spanning several lines is still one row).
+    """
+    try:
+        with table.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            columns = [(name or "").strip() for name in reader.fieldnames or []]
+            absent = [name for name in required if name not in columns]
+            if absent:
+                raise FetalCLIPError(
+                    f"{table}: needs column(s) {', '.join(repr(n) for n in absent)} (has: {', '.join(columns) or 'none'})"
+                )
+            reader.fieldnames = columns
+            for line, row in enumerate(reader, start=2):
+                # Extra values land under the key None (as a list): not a column, so dropped.
+                yield line, {key: (value or "").strip() for key, value in row.items() if key and not isinstance(value, list)}
+    except UnicodeDecodeError as exc:
+        raise FetalCLIPError(f"{table}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+    except csv.Error as exc:
+        raise FetalCLIPError(f"{table}: not a readable CSV table ({exc})") from None
+    except OSError as exc:
+        raise FetalCLIPError(f"{table}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _number(row: dict[str, str], column: str, table: Path, line: int) -> float | None:
+    """A positive, finite number from ``row[column]`` (``None`` when blank); anything else names file, line, column."""
+    try:
+        return positive_finite(row.get(column), column)
+    except ValueError as exc:
+        raise FetalCLIPError(f"{table}: line {line}: {exc}") from None
+
+
+def _labelled(text: str, vocabulary: str, table: Path, line: int, strict: bool = True) -> str | None:
+    try:
+        return canonical_label(text, vocabulary, strict=strict)
+    except FetalCLIPError as exc:
+        raise FetalCLIPError(f"{table}: line {line}: {exc}") from None
+
+
+class _RowCollector:
+    """Records of one table, with rows whose file is absent and repeated rows set aside (and said why)."""
+
+    def __init__(self, table: Path):
+        self.table = table
+        self.records: list[Record] = []
+        self.missing: list[tuple[str, str]] = []
+        self.duplicates: list[tuple[str, str]] = []
+        self._first_line: dict[str, int] = {}
+
+    def absent(self, image: Path, line: int) -> None:
+        self.missing.append((str(image), f"listed on line {line} of {self.table.name} but absent"))
+
+    def add(self, record: Record, line: int) -> None:
+        # A repeated row would be embedded, trained on and scored twice. Only rows that say exactly the same
+        # thing are repeats: one image listed again with another mask or frame is a second, different sample.
+        key = json.dumps(record, sort_keys=True, default=str)
+        if key in self._first_line:
+            self.duplicates.append(
+                (record["source"], f"line {line} of {self.table.name} repeats line {self._first_line[key]}")
+            )
+            return
+        self._first_line[key] = line
+        self.records.append(record)
+
+    def dataset(self, name: str, loader: Loader = load_record_image) -> SampleDataset:
+        return SampleDataset(name, self.records, loader, self.missing, self.duplicates)
+
+
+def _listed_path(text: str, base: Path, table: Path, line: int, column: str) -> Path:
+    """A file named in a table (relative to the table's folder); blank or unusable names are an error."""
+    if not text:
+        raise FetalCLIPError(f"{table}: line {line}: {column} is empty")
+    if "\x00" in text:
+        raise FetalCLIPError(f"{table}: line {line}: {column} {text!r} is not a usable file name")
+    path = Path(text)
+    return path if path.is_absolute() else base / path
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the filesystem is as absent as a missing file
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 # -- HC18 ----------------------------------------------------------------------------------------------------
 HC18_CSV = "training_set_pixel_size_and_HC.csv"
+HC18_COLUMNS = ("filename", "pixel size(mm)", "head circumference (mm)")
 
 
 def hc18_subject(filename: str) -> str:
@@ -175,33 +296,34 @@ def open_hc18(path: str) -> SampleDataset:
     table = root / HC18_CSV
     if not table.is_file():
         raise FetalCLIPError(f"hc18:{path}: {HC18_CSV} not found in {root}")
-    records, missing = [], []
-    with table.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            name = row["filename"].strip()
-            image = root / "training_set" / name
-            annotation = image.with_name(image.stem + "_Annotation.png")
-            if not image.is_file():
-                missing.append((str(image), "image file absent"))
-                continue
-            records.append(
-                _with_spacing_224(
-                    {
-                        "source": str(image),
-                        "frame_index": None,
-                        "pixel_spacing_mm": _float_or_none(row["pixel size(mm)"]),
-                        "label": "brain",
-                        "patient": hc18_subject(name),
-                        "hc_mm": _float_or_none(row["head circumference (mm)"]),
-                        "metadata": {"dataset": "hc18", "annotation": str(annotation) if annotation.is_file() else None},
-                    }
-                )
-            )
-    return SampleDataset(f"hc18:{path}", records, loader=load_hc18_record, missing=missing)
+    rows = _RowCollector(table)
+    for line, row in _table_rows(table, HC18_COLUMNS):
+        name = row["filename"]
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise FetalCLIPError(f"{table}: line {line}: filename {name!r} is not a file name in training_set/")
+        image = root / "training_set" / name
+        annotation = image.with_name(image.stem + "_Annotation.png")
+        spacing = _number(row, "pixel size(mm)", table, line)
+        hc_mm = _number(row, "head circumference (mm)", table, line)
+        if not _is_file(image):
+            rows.absent(image, line)
+            continue
+        record = {
+            "source": str(image),
+            "frame_index": None,
+            "pixel_spacing_mm": spacing,
+            "label": "brain",
+            "patient": hc18_subject(name),
+            "hc_mm": hc_mm,
+            "metadata": {"dataset": "hc18", "annotation": str(annotation) if annotation.is_file() else None},
+        }
+        rows.add(_with_spacing_224(record), line)
+    return rows.dataset(f"hc18:{path}", loader=load_hc18_record)
 
 
 # -- FETAL_PLANES_DB -------------------------------------------------------------------------------------------
 FPDB_CSV = "FETAL_PLANES_DB_data.csv"
+FPDB_COLUMNS = ("Image_name", "Patient_num", "Plane", "Brain_plane")
 
 
 def open_fpdb(path: str) -> SampleDataset:
@@ -210,30 +332,30 @@ def open_fpdb(path: str) -> SampleDataset:
     if not table.is_file():
         raise FetalCLIPError(f"fpdb:{path}: {FPDB_CSV} not found in {root}")
     images = root / "Images"
-    records, missing = [], []
-    with table.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle, delimiter=";")
-        # The published CSV has a trailing space in its last header ("Train ") and in its values.
-        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-        for line, row in enumerate(reader, start=2):
-            row = {key: (value or "").strip() for key, value in row.items() if key}
-            image = images / f"{row['Image_name']}.png"
-            if not image.is_file():
-                missing.append((str(image), f"listed on line {line} of {FPDB_CSV} but absent"))
-                continue
-            records.append(
-                {
-                    "source": str(image),
-                    "frame_index": None,
-                    "pixel_spacing_mm": None,
-                    "label": canonical_label(row["Plane"], "plane"),
-                    "brain_plane": canonical_label(row["Brain_plane"], "brain_plane"),
-                    "patient": row["Patient_num"],
-                    "split": "train" if row.get("Train") == "1" else "test",
-                    "metadata": {"dataset": "fpdb", "operator": row.get("Operator"), "us_machine": row.get("US_Machine")},
-                }
-            )
-    return SampleDataset(f"fpdb:{path}", records, missing=missing)
+    rows = _RowCollector(table)
+    # The published CSV has a trailing space in its last header ("Train ") and in its values: both stripped.
+    for line, row in _table_rows(table, FPDB_COLUMNS, delimiter=";"):
+        name = row["Image_name"]
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise FetalCLIPError(f"{table}: line {line}: Image_name {name!r} is not a file name in Images/")
+        image = images / f"{name}.png"
+        label = _labelled(row["Plane"], "plane", table, line)
+        brain_plane = _labelled(row["Brain_plane"], "brain_plane", table, line)
+        if not _is_file(image):
+            rows.absent(image, line)
+            continue
+        record = {
+            "source": str(image),
+            "frame_index": None,
+            "pixel_spacing_mm": None,
+            "label": label,
+            "brain_plane": brain_plane,
+            "patient": row["Patient_num"],
+            "split": "train" if row.get("Train") == "1" else "test",
+            "metadata": {"dataset": "fpdb", "operator": row.get("Operator"), "us_machine": row.get("US_Machine")},
+        }
+        rows.add(record, line)
+    return rows.dataset(f"fpdb:{path}")
 
 
 # -- generic CSV manifest --------------------------------------------------------------------------------------
@@ -242,58 +364,45 @@ CSV_OPTIONAL_FLOATS = ("pixel_spacing_mm", "ga_days", "hc_mm")
 
 def open_csv(path: str) -> SampleDataset:
     table = Path(path).expanduser()
-    if not table.is_file():
+    if not _is_file(table):
         raise FetalCLIPError(f"csv:{path}: no such file")
     base = table.parent
-    records, missing = [], []
-    with table.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [name.strip() for name in reader.fieldnames or []]
-        if "path" not in columns:
-            raise FetalCLIPError(f"csv:{path}: needs a 'path' column (has: {', '.join(columns) or 'none'})")
-        reader.fieldnames = columns
-        for line, row in enumerate(reader, start=2):
-            row = {key: (value or "").strip() for key, value in row.items() if key}
-            image = Path(row["path"])
-            image = image if image.is_absolute() else base / image
-            if not image.exists():
-                missing.append((str(image), f"listed on line {line} of {table.name} but absent"))
-                continue
-            try:
-                floats = {key: _float_or_none(row.get(key)) for key in CSV_OPTIONAL_FLOATS}
-            except ValueError as exc:
-                raise FetalCLIPError(f"{table}: line {line}: {exc}") from exc
-            label = row.get("label") or None
-            record: Record = {
-                "source": str(image),
-                "frame_index": None,
-                "pixel_spacing_mm": floats.pop("pixel_spacing_mm"),
-                "label": canonical_label(label, "plane", strict=False) if label else None,
-                # Without a patient column every image is its own patient (splits stay valid, if optimistic).
-                "patient": row.get("patient") or str(image),
-                "metadata": {"dataset": "csv", "manifest": str(table)},
-            }
-            record.update({key: value for key, value in floats.items() if value is not None})
-            if row.get("brain_plane"):
-                record["brain_plane"] = canonical_label(row["brain_plane"], "brain_plane", strict=False)
-            if row.get("view"):
-                record["view"] = row["view"]
-            if row.get("finding"):
-                record["finding"] = row["finding"]
-            if row.get("frame_index"):
-                try:
-                    record["frame_index"] = int(row["frame_index"])
-                except ValueError as exc:
-                    raise FetalCLIPError(f"{table}: line {line}: frame_index {row['frame_index']!r} is not an integer") from exc
-            if row.get("caption"):
-                record["caption"] = row["caption"]
-            if row.get("split"):
-                record["split"] = row["split"]
-            if row.get("mask"):
-                mask = Path(row["mask"])
-                record["metadata"]["mask_path"] = str(mask if mask.is_absolute() else base / mask)
-            records.append(_with_spacing_224(record))
-    return SampleDataset(f"csv:{path}", records, missing=missing)
+    rows = _RowCollector(table)
+    for line, row in _table_rows(table, ("path",)):
+        image = _listed_path(row["path"], base, table, line, "path")
+        floats = {key: _number(row, key, table, line) for key in CSV_OPTIONAL_FLOATS}
+        frame_index = _frame_index(row.get("frame_index"), table, line)
+        if not _exists(image):
+            rows.absent(image, line)
+            continue
+        label = row.get("label") or None
+        record: Record = {
+            "source": str(image),
+            "frame_index": frame_index,
+            "pixel_spacing_mm": floats.pop("pixel_spacing_mm"),
+            "label": canonical_label(label, "plane", strict=False) if label else None,
+            # Without a patient column every image is its own patient (splits stay valid, if optimistic).
+            "patient": row.get("patient") or str(image),
+            "metadata": {"dataset": "csv", "manifest": str(table)},
+        }
+        record.update({key: value for key, value in floats.items() if value is not None})
+        if row.get("brain_plane"):
+            record["brain_plane"] = canonical_label(row["brain_plane"], "brain_plane", strict=False)
+        for text_field in ("view", "finding", "caption", "split"):
+            if row.get(text_field):
+                record[text_field] = row[text_field]
+        if row.get("mask"):
+            record["metadata"]["mask_path"] = str(_listed_path(row["mask"], base, table, line, "mask"))
+        rows.add(_with_spacing_224(record), line)
+    return rows.dataset(f"csv:{path}")
+
+
+def _frame_index(text: str | None, table: Path, line: int) -> int | None:
+    if not text:
+        return None
+    if not text.isascii() or not text.isdigit():  # int() would also take "+3", "1_0" and non-ASCII digits
+        raise FetalCLIPError(f"{table}: line {line}: frame_index {text!r} is not a non-negative integer")
+    return int(text)
 
 
 # -- one sub-folder per class ----------------------------------------------------------------------------------

@@ -18,13 +18,21 @@ Optional:
     brain_plane, view (a finer view name than ``label``, e.g. ``three_vessel``, for captions), ga_days, hc_mm,
     caption, mask (np.ndarray uint8 label map, same HxW as image), split, finding (a diagnosis the report
     states, e.g. ``hlhs``; captions name it)
+
+Physical quantities (pixel spacing, HC, GA) are checked where they enter: ``positive_finite`` is the one
+rule, used by the manifest adapters (which know the file, line and column) and again by ``make_sample`` (which
+every reader, DICOM included, goes through), so a zero, negative, NaN or infinite spacing never reaches a
+caption, a GA prediction or a shard's JSON.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+
+from ..errors import FetalCLIPError, ImageReadError
 
 REQUIRED_KEYS = (
     "image", "source", "frame_index", "pixel_spacing_mm", "pixel_spacing_224_mm", "label", "patient", "metadata",
@@ -32,13 +40,41 @@ REQUIRED_KEYS = (
 OPTIONAL_KEYS = ("brain_plane", "view", "ga_days", "hc_mm", "caption", "mask", "split", "finding")
 
 MODEL_INPUT_SIZE = 224
+MEASURED_KEYS = ("ga_days", "hc_mm")  # optional physical quantities: positive and finite when present
+
+
+class InvalidValueError(FetalCLIPError, ValueError):
+    """A physical quantity that is not a positive, finite number.
+
+    Callers that know the file and row catch it and say so; one that does not still ends, at the command line,
+    as a one-line error rather than a traceback (it is a ``FetalCLIPError``) or a silent NaN.
+    """
+
+
+def positive_finite(value: Any, field: str) -> float | None:
+    """``value`` as a float, ``None`` when absent; an ``InvalidValueError`` naming ``field`` unless > 0 and finite.
+
+    Text is accepted (manifests are CSV); booleans are not numbers here, whatever Python thinks.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise InvalidValueError(f"{field} {value!r} is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidValueError(f"{field} {value!r} is not a number") from None
+    if not (math.isfinite(number) and number > 0):
+        raise InvalidValueError(f"{field} {value!r} must be a positive, finite number")
+    return number
 
 
 def spacing_224(pixel_spacing_mm: float | None, height: int, width: int, size: int = MODEL_INPUT_SIZE) -> float | None:
     """mm per pixel of the ``size`` x ``size`` model input made by zero-padding to a square and resizing."""
-    if pixel_spacing_mm is None:
+    spacing = positive_finite(pixel_spacing_mm, "pixel_spacing_mm")
+    if spacing is None:
         return None
-    return float(pixel_spacing_mm) * max(int(height), int(width)) / size
+    return spacing * max(int(height), int(width)) / size
 
 
 def make_sample(
@@ -59,7 +95,16 @@ def make_sample(
     unknown = set(optional) - set(OPTIONAL_KEYS)
     if unknown:
         raise KeyError(f"unknown sample keys {sorted(unknown)}; optional keys are {OPTIONAL_KEYS}")
-    spacing = None if pixel_spacing_mm is None else float(pixel_spacing_mm)
+    try:
+        spacing = positive_finite(pixel_spacing_mm, "pixel_spacing_mm")
+    except ValueError as exc:
+        # Raised as a read error of this file, so ``--skip-bad`` counts it like any other unusable input.
+        raise ImageReadError(source, str(exc)) from None
+    for name in MEASURED_KEYS:
+        try:
+            positive_finite(optional.get(name), name)  # checked only: the value is kept as the source gave it
+        except ValueError as exc:
+            raise ImageReadError(source, str(exc)) from None
     return {
         "image": image,
         "source": str(source),

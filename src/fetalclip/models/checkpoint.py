@@ -6,6 +6,10 @@ unpickles anything. The published format is an open_clip training checkpoint pic
 ``state_dict`` maps ``module.``-prefixed keys to tensors. We read it with ``torch.load(weights_only=True)``,
 which refuses arbitrary code, and check every key and shape before loading, so a wrong or damaged file is a
 clear error rather than a silently half-random model. Folders are written under a temporary name and renamed.
+
+Everything read here is untrusted: a ``config.json`` must be an object with an integer ``format_version``, a
+``.pt`` must look like a torch file before torch is handed it, and weights must be finite (a NaN would load
+without complaint and give NaN embeddings), each failure one ``CheckpointError`` naming the file and key.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import os
 import pickle
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -71,17 +74,7 @@ def read_checkpoint_dir(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
     for required in (config_path, weights_path):
         if not required.is_file():
             raise CheckpointError(f"{path}: not a fetalclip checkpoint folder ({required.name} is missing)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from exc
-    if config.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{config_path}: 'format' is {config.get('format')!r}, expected {FORMAT_NAME!r}")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{config_path}: format version {config['format_version']} is newer than this fetalclip reads "
-            f"({FORMAT_VERSION}); upgrade fetalclip"
-        )
+    config = parse_config(config_path)
     try:
         state_dict = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -89,23 +82,82 @@ def read_checkpoint_dir(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
     return state_dict, config
 
 
+def parse_config(config_path: Path) -> dict[str, Any]:
+    """The settings of a checkpoint's ``config.json``, checked to be an object of our format and version."""
+    try:
+        config = json.loads(config_path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{config_path}: cannot read it ({exc.strerror or exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object of settings, found a {type(config).__name__}")
+    if config.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{config_path}: 'format' is {config.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = config.get("format_version", 0)
+    # bool is an int to Python; 1.0 or "1" would be guessing what the writer meant.
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{config_path}: 'format_version' is {version!r}, expected an integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{config_path}: format version {version} is newer than this fetalclip reads "
+            f"({FORMAT_VERSION}); upgrade fetalclip"
+        )
+    return config
+
+
+# What a torch.save file starts with: a zip archive (torch >= 1.6) or a raw pickle (protocol 2+).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def check_torch_file(path: Path) -> None:
+    """Refuse a file that is plainly not from ``torch.save`` before torch's unpickler is given it."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if not head.startswith(_TORCH_MAGIC):
+        raise CheckpointError(
+            f"{path}: not a torch checkpoint (starts with {head!r}; expected a zip archive or a pickle from torch.save)"
+        )
+
+
+def unpickling_reason(exc: BaseException) -> str:
+    """The short reason inside torch's many-line load errors (its weights-only unpickler's own line if there is one)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0] if lines else type(exc).__name__
+    return reason if len(reason) <= 200 else reason[:197] + "..."
+
+
 def read_published_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The unprefixed state dict of a published-format ``.pt`` checkpoint, read without unpickling code."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    check_torch_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path}: refused to load (it holds objects other than tensors and plain containers: {exc})"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint, the file may be truncated or not a torch file ({exc})") from exc
+            f"{path}: refused to load (it is damaged, or holds objects other than tensors and plain containers: "
+            f"{unpickling_reason(exc)})"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch's readers fail on damaged input with many types (struct.error, ...)
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint, the file may be truncated or not a torch file ({unpickling_reason(exc)})"
+        ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors under 'state_dict'; found {type(obj).__name__}")
+    odd_keys = [key for key in obj if not isinstance(key, str)]
+    if odd_keys:
+        raise CheckpointError(f"{path}: the state dict has keys that are not names (first: {odd_keys[0]!r})")
     return {_strip_prefix(key): value for key, value in obj.items()}
 
 
@@ -146,10 +198,24 @@ def describe_mismatches(missing: list[str], unexpected: list[str], shapes: list[
     return "; ".join(parts)
 
 
+def first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, int] | None:
+    """(first key holding a NaN or infinity, how many keys do), ``None`` when every weight is finite."""
+    floating = ((key, value) for key, value in state_dict.items() if value.is_floating_point() or value.is_complex())
+    bad = [key for key, value in floating if not bool(torch.isfinite(value).all())]
+    return (bad[0], len(bad)) if bad else None
+
+
 def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load with every key and shape checked first; a mismatch is a ``CheckpointError`` naming ``source``."""
+    """Load with every key and shape checked first, and every weight finite; a problem is a ``CheckpointError``
+    naming ``source`` and the first key at fault."""
     expected = {key: value.shape for key, value in module.state_dict().items()}
     problems = describe_mismatches(*state_dict_mismatches(expected, state_dict))
     if problems:
         raise CheckpointError(f"{source}: weights do not fit the model: {problems}")
+    non_finite = first_non_finite(state_dict)
+    if non_finite is not None:
+        key, count = non_finite
+        raise CheckpointError(
+            f"{source}: weight {key!r} holds NaN or infinite values ({count} tensor(s) do); the checkpoint is damaged"
+        )
     module.load_state_dict(state_dict, strict=True)

@@ -2,11 +2,14 @@
 
 The published weights live on a model hub, so users with network access can load them by name; offline
 users (and these CI machines) are served from the standard cache when the files are there. Any failure to
-find the files becomes one clear ``HubUnavailableError`` instead of a network traceback.
+find the files becomes one clear ``HubUnavailableError`` instead of a network traceback. A reference is checked
+before any lookup: an ``ORG/REPO`` in the hub's own alphabet and a file path of plain names (no ``..``, no
+``.``, no backslash), so a reference can never name a file outside the cached snapshot.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..errors import HubUnavailableError
@@ -22,7 +25,20 @@ def parse_hub_reference(reference: str) -> tuple[str, str | None]:
     parts = [part for part in body.split("/") if part]
     if len(parts) < 2:
         raise HubUnavailableError(f"{reference!r}: expected hf-hub:ORG/REPO or hf-hub:ORG/REPO/FILE")
+    for part in parts[:2]:
+        if not _HUB_NAME.fullmatch(part) or ".." in part:
+            raise HubUnavailableError(
+                f"{reference!r}: {part!r} is not a hub name "
+                "(letters, digits, '-', '_', '.'; not starting or ending with '.' or '-')"
+            )
+    for part in parts[2:]:
+        if part in (".", "..") or "\\" in part or any(ord(ch) < 32 for ch in part):
+            raise HubUnavailableError(f"{reference!r}: file path part {part!r} is not allowed (plain names only)")
     return "/".join(parts[:2]), ("/".join(parts[2:]) or None)
+
+
+# The hub's rule for organisation and repository names.
+_HUB_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")
 
 
 def resolve_hub_reference(reference: str, cache_dir: str | None = None) -> Path:
@@ -46,7 +62,11 @@ def resolve_hub_reference(reference: str, cache_dir: str | None = None) -> Path:
         return paths[0].parent if len(paths) > 1 else paths[0]
 
     for names in candidates:
-        cached = [try_to_load_from_cache(repo_id, name, cache_dir=cache_dir) for name in names]
+        try:
+            cached = [try_to_load_from_cache(repo_id, name, cache_dir=cache_dir) for name in names]
+        except ValueError as exc:  # huggingface_hub's own validation (HFValidationError is a ValueError)
+            reason = str(exc).splitlines()[0] if str(exc) else "invalid reference"
+            raise HubUnavailableError(f"{reference}: {reason}") from None
         if all(isinstance(path, str) for path in cached):
             return located([Path(path) for path in cached])
 
@@ -57,7 +77,7 @@ def resolve_hub_reference(reference: str, cache_dir: str | None = None) -> Path:
         except LocalEntryNotFoundError as exc:
             failures.append(f"{'+'.join(names)}: hub unreachable or offline ({type(exc).__name__})")
             break
-        except (EntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as exc:
+        except (EntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
             failures.append(f"{'+'.join(names)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     raise HubUnavailableError(
         f"{reference}: not in the local Hugging Face cache and the hub could not provide it "

@@ -118,14 +118,26 @@ def infer_model_name(state_dict: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def _closest_architecture(state_dict: dict[str, torch.Tensor]) -> tuple[str, str]:
+    """The registered architecture with the fewest key and shape mismatches, and those mismatches described.
+
+    Compared against the nearest layout, one deleted or mis-shaped tensor is named as such, instead of being
+    lost among hundreds of differences from an architecture the file never was.
+    """
+    def distance(name: str) -> tuple[int, bool]:
+        missing, unexpected, shapes = state_dict_mismatches(_expected_layout(name), state_dict)
+        return len(missing) + len(unexpected) + len(shapes), name != PUBLISHED_DEFAULT_MODEL  # ties: the published one
+
+    closest = min(list_models(), key=distance)
+    return closest, describe_mismatches(*state_dict_mismatches(_expected_layout(closest), state_dict))
+
+
 def _load_published(path: Path, source: str, model_name: str | None) -> FetalCLIP:
     state_dict = read_published_state_dict(path)
     name = model_name or infer_model_name(state_dict)
     if name is None:
-        problems = describe_mismatches(*state_dict_mismatches(_expected_layout(PUBLISHED_DEFAULT_MODEL), state_dict))
-        raise CheckpointError(
-            f"{path}: weights match no registered architecture; against {PUBLISHED_DEFAULT_MODEL}: {problems}"
-        )
+        closest, problems = _closest_architecture(state_dict)
+        raise CheckpointError(f"{path}: weights match no registered architecture; closest is {closest}: {problems}")
     config: dict[str, Any] = get_model_config(name)
     config["model_name"] = name
     clip = build_clip(architecture_of(config))

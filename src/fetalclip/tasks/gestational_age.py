@@ -242,8 +242,17 @@ def predict_ga(
             "the GA prompts need it (add a pixel_spacing_mm column, or --skip-bad)"
         )
     indices = [i for i, r in enumerate(dataset.records) if r.get("pixel_spacing_mm") is not None]
+    if not indices:
+        # --skip-bad would leave nothing to score: an empty result is a wrong answer, not a skip.
+        raise FetalCLIPError(
+            f"{dataset.name}: no image has a pixel spacing, so there is nothing to predict GA for "
+            "(add a pixel_spacing_mm column)"
+        )
     embedded = embed_dataset(model, dataset, indices, batch_size=batch_size, skip_bad=skip_bad, progress=progress,
                              desc="ga images", cache=cache)
+    if not embedded.indices:
+        first = embedded.skipped[0] if embedded.skipped else ("?", "unknown")
+        raise FetalCLIPError(f"{dataset.name}: every image with a spacing was skipped (first: {first[0]}: {first[1]})")
     records = [dataset.records[i] for i in embedded.indices]
     if any(s is None for s in embedded.spacings_224):
         raise FetalCLIPError(f"{model.name}: its preprocessing gives no single pixel spacing (anisotropic resize); GA prompts need one")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -126,8 +127,9 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FetalCLIPError(f"{path}: config file not found")
-    text = path.read_text()
     try:
+        # Decoded here, not by the parsers: a non-UTF-8 file is one clear error whatever its format.
+        text = path.read_bytes().decode("utf-8")
         if path.suffix == ".toml":
             import tomllib
 
@@ -145,7 +147,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     except FetalCLIPError:
         raise
     except Exception as exc:  # the parsers' own error types differ; all mean "not valid"
-        raise FetalCLIPError(f"{path}: cannot parse config ({exc})") from exc
+        # YAML and TOML messages span lines; the error stays one line.
+        raise FetalCLIPError(f"{path}: cannot parse config ({' '.join(str(exc).split())})") from exc
     if not isinstance(raw, dict):
         raise FetalCLIPError(f"{path}: config must be a mapping of settings")
     flat: dict[str, Any] = {}
@@ -199,8 +202,16 @@ def coerce(key: str, value: Any) -> Any:
                 raise ValueError(f"not an integer: {value!r}")
             return int(value)
         if base is float:
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError(f"not a number: {value!r}")
+            number = float(value)
+            # A NaN or infinite rate, clip or weight would train garbage without an error.
+            if not math.isfinite(number):
+                raise ValueError(f"{value!r} is not a finite number")
+            return number
         if base is str:
+            if isinstance(value, (dict, list, tuple, set)):
+                raise ValueError(f"expected text, not a {type(value).__name__}")
             return str(value)
         if typing.get_origin(base) is list:
             if isinstance(value, str):
@@ -212,7 +223,7 @@ def coerce(key: str, value: Any) -> Any:
             if not isinstance(value, Mapping):
                 raise ValueError("expected a mapping")
             return dict(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise FetalCLIPError(f"setting {key!r}: {exc}") from exc
     return value
 
@@ -245,6 +256,8 @@ TRAJECTORY_KEYS = (
 
 
 def trajectory_differences(saved: Mapping[str, Any], current: TrainConfig) -> list[str]:
+    if not isinstance(saved, Mapping):
+        raise FetalCLIPError(f"the run's saved config is a {type(saved).__name__}, not a mapping of settings; it is damaged")
     now = current.to_dict()
     # A setting added after the run was saved had its default there.
     defaults = TrainConfig().to_dict()
