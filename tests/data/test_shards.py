@@ -5,10 +5,12 @@ import tarfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
 from fetalclip.cli import app
+from fetalclip.data import shards as shard_rules
 from fetalclip.data.datasets import open_dataset, open_hc18, register_adapter
 from fetalclip.data.shards import (
     MANIFEST, _stored_image, check_shards, iter_shard_samples, pack_shards, read_manifest, stripped_png,
@@ -214,3 +216,76 @@ def test_cli_pack_check_split(tmp_path, small_csv):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "split.json").read_text())["k"] == 2
     assert (out / MANIFEST).is_file()
+
+
+# -- the shard rules shared by the checker and the training reader ----------------------------------------------
+_NAME_PARTS = st.text(alphabet="ab.-_/0\n", min_size=0, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_NAME_PARTS)
+def test_member_names_split_exactly_as_webdataset_splits_them(name):
+    from webdataset.tariterators import base_plus_ext
+
+    key, extension = base_plus_ext(name)
+    assert shard_rules.split_member_name(name) == (None if key is None else (key, extension))
+
+
+def test_checker_and_training_reader_read_a_packed_folder_alike(tmp_path, small_csv):
+    from fetalclip.train.shards import open_shard_folder
+
+    out = tmp_path / "shards"
+    pack_shards([small_csv], out, shard_size=4, clean=False, workers=0)
+    checked = check_shards(out)
+    dataset = open_shard_folder(out)
+    assert checked.ok and checked.samples == len(dataset) == 9
+    read_back = {s["key"]: s for s in iter_shard_samples(out)}
+    for record in dataset.records:
+        sample = dataset.loader(record)
+        assert np.array_equal(sample["image"], read_back[record["metadata"]["key"]]["image"])
+
+
+def test_a_compressed_or_linked_shard_is_refused_by_every_reader(tmp_path, small_csv):
+    import gzip
+
+    from fetalclip.train.shards import open_shard_folder
+
+    out = tmp_path / "shards"
+    pack_shards([small_csv], out, shard_size=100, clean=False, workers=0)
+    shard = out / "shard-000000.tar"
+    plain = shard.read_bytes()
+    shard.write_bytes(gzip.compress(plain))
+    for read in (lambda: list(iter_shard_samples(out)), lambda: open_shard_folder(out)):
+        with pytest.raises(shard_rules.ShardError, match="shard-000000.tar: gzip-compressed"):
+            read()
+    (tmp_path / "elsewhere.tar").write_bytes(plain)
+    shard.unlink()
+    shard.symlink_to(tmp_path / "elsewhere.tar")
+    for read in (lambda: list(iter_shard_samples(out)), lambda: open_shard_folder(out)):
+        with pytest.raises(shard_rules.ShardError, match="shard-000000.tar: is a symbolic link"):
+            read()
+    assert any("symbolic link" in problem for problem in check_shards(out).problems)
+
+
+def test_a_pool_stopped_early_leaves_no_worker(small_csv):
+    import multiprocessing
+
+    dataset = open_dataset(small_csv)
+    shard_rules._STATE.update(datasets=[dataset], settings=shard_rules.PackSettings([small_csv], clean=False),
+                              caption_fn=None)
+    try:
+        results = shard_rules._ordered([(i, 0, i) for i in range(len(dataset))], workers=2)
+        assert next(results)[0] == 0
+        assert len(multiprocessing.active_children()) == 2
+        results.close()  # what an error in the consumer, Ctrl-C or SIGTERM does to the generator
+        assert multiprocessing.active_children() == []
+    finally:
+        shard_rules._STATE.clear()
+
+
+def test_pack_never_writes_a_member_its_readers_would_refuse(tmp_path, small_csv, monkeypatch):
+    monkeypatch.setattr(shard_rules, "MAX_IMAGE_MEMBER_BYTES", 20)  # below every packed PNG here
+    with pytest.raises(ImageReadError, match="over the .* a shard member may have"):
+        pack_shards([small_csv], tmp_path / "a", clean=False, workers=0)
+    result = pack_shards([small_csv], tmp_path / "b", clean=False, workers=0, skip_bad=True)
+    assert result.samples == 0 and len(result.skipped) == 5

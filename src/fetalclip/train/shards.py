@@ -10,40 +10,44 @@ the same global batches as a 1-process run. A tar file on a filesystem allows th
 headers gives each member's byte offset, after which a sample is two ``seek``/``read`` calls. Member names
 are split into key and extension by webdataset's own rule (``base_plus_ext``), so anything the webdataset
 writer produces is grouped the same way here. Object stores that only stream are not supported by this path.
+
+Every file is opened and every member read under the data layer's shard rules (``fetalclip.data.shards``:
+regular files only, plain tar, bounded members and manifest, names that stay inside the folder), the very
+functions ``fetalclip data check`` uses, so what the checker passes is what training reads.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..data.datasets import SampleDataset
+from ..data.shards import (
+    MANIFEST, ShardError, decode_image_member, open_regular_file, open_shard_tar, read_manifest_json, read_member,
+    shard_file, shard_samples,
+)
 from ..errors import FetalCLIPError
 
-MANIFEST = "manifest.json"
 SHARD_GLOB = "shard-*.tar"
 _SAMPLE_FIELDS = ("label", "brain_plane", "patient", "pixel_spacing_mm", "pixel_spacing_224_mm", "ga_days", "hc_mm", "frame_index", "split")
 
 
 def is_shard_folder(path: str | os.PathLike) -> bool:
+    # lexists: a manifest.json that is a link or a device still makes this a shard folder, whose reader then
+    # refuses it by name, rather than a folder silently read without its manifest.
     path = Path(path)
-    return path.is_dir() and ((path / MANIFEST).is_file() or any(path.glob(SHARD_GLOB)))
+    return path.is_dir() and (os.path.lexists(path / MANIFEST) or any(path.glob(SHARD_GLOB)))
 
 
 def _manifest_shards(folder: Path) -> list[tuple[Path, int | None]]:
     manifest = folder / MANIFEST
-    if not manifest.is_file():
+    if not os.path.lexists(manifest):
         return [(path, None) for path in sorted(folder.glob(SHARD_GLOB))]
-    try:
-        data = json.loads(manifest.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FetalCLIPError(f"{manifest}: not valid JSON ({exc})") from exc
+    data = read_manifest_json(manifest)
     entries = data.get("shards") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise FetalCLIPError(f"{manifest}: expected a 'shards' list")
@@ -51,97 +55,91 @@ def _manifest_shards(folder: Path) -> list[tuple[Path, int | None]]:
     for entry in entries:
         if isinstance(entry, str):
             name, count = entry, None
-        else:
+        elif isinstance(entry, dict):
             name = entry.get("name") or entry.get("path") or entry.get("file") or entry.get("url")
             count = entry.get("count", entry.get("samples", entry.get("num_samples")))
+        else:
+            raise FetalCLIPError(f"{manifest}: shard entry is neither a name nor an object: {entry!r}")
         if not name:
             raise FetalCLIPError(f"{manifest}: shard entry without a name: {entry!r}")
-        shards.append((folder / Path(name).name, None if count is None else int(count)))
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise FetalCLIPError(f"{manifest}: shard entry {name!r} has a sample count that is not a whole number: {count!r}")
+        shards.append((shard_file(folder, name), count))
     return shards
-
-
-def _split_name(name: str) -> tuple[str, str] | None:
-    from webdataset.tariterators import base_plus_ext
-
-    key, ext = base_plus_ext(name)
-    return None if key is None else (key, ext)
 
 
 def index_shard(path: Path) -> list[dict[str, Any]]:
     """One record per sample key: member offsets plus the metadata of its ``.json``."""
-    groups: dict[str, dict[str, tuple[int, int]]] = {}
-    order: list[str] = []
-    try:
-        with tarfile.open(path, "r:") as tar:
-            metadata: dict[str, dict[str, Any]] = {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                split = _split_name(member.name)
-                if split is None:
-                    continue
-                key, ext = split
-                if key not in groups:
-                    groups[key] = {}
-                    order.append(key)
-                groups[key][ext] = (member.offset_data, member.size)
-                if ext == "json":
-                    metadata[key] = json.loads(tar.extractfile(member).read())
-    except (tarfile.TarError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FetalCLIPError(f"{path}: cannot read shard ({exc})") from exc
     records = []
-    for key in order:
-        members = groups[key]
-        if "png" not in members:
-            raise FetalCLIPError(f"{path}: sample {key!r} has no .png member")
-        meta = metadata.get(key, {})
-        record = {
-            "source": meta.get("source") or f"{path}:{key}",
-            "frame_index": meta.get("frame_index"),
-            "pixel_spacing_mm": meta.get("pixel_spacing_mm"),
-            "label": meta.get("label"),
-            "patient": None if meta.get("patient") is None else str(meta["patient"]),
-            "metadata": {"dataset": meta.get("dataset"), "shard": str(path), "key": key},
-            "_shard": str(path),
-            "_members": members,
-        }
-        for name in _SAMPLE_FIELDS:
-            if meta.get(name) is not None and name not in ("frame_index", "pixel_spacing_mm", "label", "patient"):
-                record[name] = meta[name]
-        records.append(record)
+    with open_shard_tar(path) as tar:
+        for key, members in shard_samples(tar, path):
+            if "png" not in members:
+                raise FetalCLIPError(f"{path}: sample {key!r} has no .png member")
+            meta = _member_json(tar, members["json"], path) if "json" in members else {}
+            spans = {extension: (info.offset_data, info.size) for extension, info in members.items()}
+            records.append(_record(path, key, spans, meta))
     return records
 
 
-def _decode_png(data: bytes, where: str) -> np.ndarray:
-    from PIL import Image
-
+def _member_json(tar, info, path: Path) -> dict[str, Any]:
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.mode not in ("L", "RGB"):
-                image = image.convert("RGB" if image.mode in ("RGBA", "P", "CMYK", "YCbCr") else "L")
-            return np.asarray(image).copy()
-    except OSError as exc:
-        raise FetalCLIPError(f"{where}: cannot decode image ({exc})") from exc
+        meta = json.loads(read_member(tar, info, path))
+    except (ValueError, RecursionError) as exc:
+        raise ShardError(path, f"member {info.name!r} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ShardError(path, f"member {info.name!r} is not a JSON object")
+    return meta
+
+
+def _record(path: Path, key: str, members: dict[str, tuple[int, int]], meta: dict[str, Any]) -> dict[str, Any]:
+    record = {
+        "source": meta.get("source") or f"{path}:{key}",
+        "frame_index": meta.get("frame_index"),
+        "pixel_spacing_mm": meta.get("pixel_spacing_mm"),
+        "label": meta.get("label"),
+        "patient": None if meta.get("patient") is None else str(meta["patient"]),
+        "metadata": {"dataset": meta.get("dataset"), "shard": str(path), "key": key},
+        "_shard": str(path),
+        "_members": members,
+    }
+    for name in _SAMPLE_FIELDS:
+        if meta.get(name) is not None and name not in ("frame_index", "pixel_spacing_mm", "label", "patient"):
+            record[name] = meta[name]
+    return record
+
+
+def _decode_png(data: bytes, where: str) -> np.ndarray:
+    """Pixels of an image member (``ImageReadError`` naming shard and member when it does not decode)."""
+    image = decode_image_member(data, where)
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB" if image.mode in ("RGBA", "P", "CMYK", "YCbCr") else "L")
+    return np.asarray(image).copy()
 
 
 def _read_member(path: str, span: tuple[int, int]) -> bytes:
-    offset, size = span
-    with open(path, "rb") as handle:
+    offset, size = span  # bounded when the shard was indexed
+    with open_regular_file(path) as handle:
         handle.seek(offset)
-        return handle.read(size)
+        data = handle.read(size)
+    if len(data) != size:
+        raise ShardError(path, f"member at byte {offset} is cut short (the shard changed after it was indexed)")
+    return data
 
 
 def load_shard_record(record: dict[str, Any]) -> dict[str, Any]:
     """A full sample dictionary (image decoded, caption from ``.txt``) for an indexed shard record."""
     members, shard = record["_members"], record["_shard"]
-    where = f"{shard}:{record['metadata']['key']}"
+    where = f"{shard}:{record['metadata']['key']}"  # the member names below are where + ".png" etc.
     sample = {key: value for key, value in record.items() if not key.startswith("_")}
     sample["metadata"] = dict(record["metadata"])
-    sample["image"] = _decode_png(_read_member(shard, members["png"]), where)
+    sample["image"] = _decode_png(_read_member(shard, members["png"]), where + ".png")
     if "txt" in members:
-        sample["caption"] = _read_member(shard, members["txt"]).decode("utf-8").strip()
+        try:
+            sample["caption"] = _read_member(shard, members["txt"]).decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise ShardError(where + ".txt", f"caption is not UTF-8 text ({exc.reason})") from None
     if "mask.png" in members:
-        sample["mask"] = _decode_png(_read_member(shard, members["mask.png"]), where + ".mask")
+        sample["mask"] = _decode_png(_read_member(shard, members["mask.png"]), where + ".mask.png")
     return sample
 
 
@@ -152,7 +150,7 @@ def open_shard_folder(folder: str | os.PathLike) -> SampleDataset:
         raise FetalCLIPError(f"{folder}: no {SHARD_GLOB} files and no {MANIFEST}")
     records: list[dict[str, Any]] = []
     for path, count in shards:
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise FetalCLIPError(f"{folder / MANIFEST}: lists {path.name}, which is missing")
         shard_records = index_shard(path)
         if count is not None and count != len(shard_records):
