@@ -50,6 +50,21 @@ def test_planes_table_and_json(fpdb_dir, tmp_path):
     assert no_distractors.exit_code == 0 and "distractors offered" not in no_distractors.output
 
 
+def test_rows_left_out_are_reported_in_the_json(fpdb_dir, tmp_path):
+    """A listed file that is missing and a repeated row are left out, and the result says so."""
+    manifest = _fpdb_manifest(fpdb_dir, tmp_path / "planes.csv")
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([*lines, lines[1], f"{tmp_path / 'gone.png'},Fetal brain,"]) + "\n")
+    out = tmp_path / "planes.json"
+    result = runner.invoke(app, ["zeroshot", "planes", "-m", "fetalclip-tiny", "-d", f"csv:{manifest}", "-o", str(out),
+                                 "--n-bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    (left_out,) = saved["rows_left_out"].values()
+    assert left_out["missing"]["count"] == 1 and "gone.png" in left_out["missing"]["first"]["source"]
+    assert left_out["duplicates"]["count"] == 1 and len(saved["predictions"]) == 4  # the repeat is not counted twice
+
+
 def test_brain_sub_planes(fpdb_dir, tmp_path):
     manifest = _fpdb_manifest(fpdb_dir, tmp_path / "brain.csv", brain=True)
     result = runner.invoke(app, ["zeroshot", "brain", "-m", "fetalclip-tiny", "-d", f"csv:{manifest}", "--n-bootstrap", "20"])

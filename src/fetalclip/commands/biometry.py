@@ -67,7 +67,8 @@ def hc_command(
                 raise FetalCLIPError(f"{data}: none of the segmenter's test patients are in this dataset")
             dataset = dataset.subset(keep)
     result = measure_dataset(dataset, seg, feature_cache, progress=True)
-    result.update(data=data, segmenter=str(segmenter) if segmenter else None, held_out=held_out)
+    result.update(data=data, segmenter=str(segmenter) if segmenter else None, held_out=held_out,
+                  rows_left_out=dataset.rows_left_out())
     typer.echo(f"head biometry on {data}: {result['n']} images ({result['source_of_masks']} masks), {result['n_failed']} failed")
     if result["hc_mean_abs_diff_mm"] is not None:
         typer.echo(f"  HC mean abs diff {result['hc_mean_abs_diff_mm']:.2f} mm   mean diff {result['hc_mean_diff_mm']:+.2f} mm")

@@ -102,7 +102,12 @@ def _labelled_inputs(model, cache, device, encode_batch, skip_bad, data, test, l
     test_data = None
     if test_set is not None:
         _, test_data = _fetch(feature_cache, test_set, lambda d: probe_data(feature_cache, d, key))
-    return net, feature_cache, key, train_data, test_data
+    return net, feature_cache, key, train_data, test_data, _left_out(dataset, test_set)
+
+
+def _left_out(*datasets) -> dict:
+    """Rows each dataset left out when it was opened (missing files, repeated rows), for the JSON result."""
+    return {name: rows for dataset in datasets if dataset is not None for name, rows in dataset.rows_left_out().items()}
 
 
 def _provenance(net, cache, **extra) -> dict:
@@ -137,13 +142,13 @@ def classify_command(
     """Linear probe: patient-level folds x runs, macro F1 (mean, SD, CI) and per-class F1 on a held-out test split."""
     from ..tasks.probe import run_classification
 
-    net, feature_cache, key, train_data, test_data = _labelled_inputs(
+    net, feature_cache, key, train_data, test_data, left_out = _labelled_inputs(
         model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed,
         {"--out": out}, overwrite,
     )
     result = run_classification(train_data, test_data, folds=folds, runs=runs, seed=seed, grid=parse_grid(grid, lr, weight_decay),
                                 epochs=epochs, batch_size=batch_size, standardize=standardize, progress=True)
-    result.update(data=data, test=test, label=key, provenance=_provenance(net, feature_cache))
+    result.update(data=data, test=test, label=key, provenance=_provenance(net, feature_cache), rows_left_out=left_out)
     ci = result["macro_f1_ci"]
     typer.echo(f"linear probe {net.name} on {data} ({result['heads']} heads, test n={result['n_test']}, {result['test_source']})")
     typer.echo(f"  macro F1 {100 * result['macro_f1_mean']:.2f} +- {100 * result['macro_f1_sd']:.2f}  CI [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
@@ -189,14 +194,14 @@ def fewshot_command(
     from ..io import write_json_atomic, write_text_atomic
     from ..tasks.probe import plot_curve, run_fewshot
 
-    net, feature_cache, key, train_data, test_data = _labelled_inputs(
+    net, feature_cache, key, train_data, test_data, left_out = _labelled_inputs(
         model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed,
         {f"--out-dir ({name})": out_dir / name for name in FEWSHOT_FILES}, overwrite,
     )
     result = run_fewshot(train_data, test_data, sizes=parse_ints(sizes, "--sizes"), support_sets=support_sets, runs=runs,
                          seed=seed, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
                          standardize=standardize, progress=True)
-    result.update(data=data, test=test, label=key, provenance=_provenance(net, feature_cache))
+    result.update(data=data, test=test, label=key, provenance=_provenance(net, feature_cache), rows_left_out=left_out)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["n_patients", "macro_f1_mean", "macro_f1_sd", "n"])
     writer.writeheader()
@@ -256,7 +261,8 @@ def clips_command(
     result = run_clip_probe(x, labels, [r.get("patient") or r.get("source") for r in clips.records], folds=folds, runs=runs,
                             seed=seed, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
                             positive=positive, standardize=standardize, test=external)
-    result.update(data=data, test=test, frames=frames, provenance=_provenance(net, feature_cache))
+    result.update(data=data, test=test, frames=frames, provenance=_provenance(net, feature_cache),
+                  rows_left_out=_left_out(clips, test_clips))
     ci = result["auroc_pooled_ci"]
     typer.echo(f"clip probe {net.name} on {data} ({result['n_clips']} clips x {frames} frames, positive={result['positive']!r})")
     typer.echo(f"  AUROC per fold x run {100 * result['auroc_mean']:.2f} +- {100 * result['auroc_sd']:.2f}; "
@@ -323,7 +329,8 @@ def segment_command(
                                                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, channels=widths,
                                                 patience=patience, test_fraction=test_fraction, test=external, progress=True)
     used_taps = tap_list or default_taps(len(net.clip.visual.transformer.resblocks))
-    result.update(data=data, test=test, taps=used_taps, size=seg_data.size, provenance=_provenance(net, feature_cache))
+    result.update(data=data, test=test, taps=used_taps, size=seg_data.size, provenance=_provenance(net, feature_cache),
+                  rows_left_out=_left_out(dataset, test_set))
     typer.echo(f"segmentation probe {net.name} on {data} ({result['decoder_parameters'] / 1e6:.2f}M decoder parameters, "
                f"test n={result['n_test']}, {len(result['heads'])} heads)")
     d, di, hd = result["dice_pooled"], result["dice_per_image_mean"], result["hausdorff_mm_mean"]

@@ -76,6 +76,7 @@ def _classification(
                 "data": data,
                 "prompts": str(prompts) if prompts else "packaged",
                 "classes_offered": predictions.classnames,
+                "rows_left_out": dataset.rows_left_out(),
                 "metrics": metrics,
                 "report": result,
                 "excluded": predictions.excluded,
@@ -254,7 +255,7 @@ def ga_command(
             raise FetalCLIPError("--scores re-decodes a saved map: give it without --model/--data")
         check_outputs(outputs, inputs=[scores], overwrite=overwrite)
         saved = _load_scores(scores)
-        model_name, skipped = None, []
+        model_name, skipped, left_out = None, [], {}  # the rows were left out when the scores were made
     else:
         if model is None or data is None:
             raise FetalCLIPError("zeroshot ga needs --model and --data (or --scores FILE.npz)")
@@ -263,6 +264,7 @@ def ga_command(
         from ..tasks.gestational_age import load_templates, predict_ga
 
         dataset = open_dataset(data)
+        left_out = dataset.rows_left_out()
         check_outputs({**outputs, "--save-scores": save_scores}, inputs=[*dataset_inputs(dataset), templates], overwrite=overwrite)
         template_list = load_templates(templates)
         net = load(model, device=device)
@@ -347,6 +349,7 @@ def ga_command(
                 "csv": str(csv_path) if csv_path else None,
                 "plot": str(plot) if plot else None,
                 "skipped": [{"source": s, "reason": r} for s, r in skipped],
+                "rows_left_out": left_out,
             },
         )
         typer.echo(f"wrote {out}")

@@ -111,6 +111,10 @@ class SampleDataset:
             for kind, rows in (("missing", self.missing), ("duplicates", self.duplicates))
         }
 
+    def rows_left_out(self) -> dict[str, Any]:
+        """``{name: problems()}``, the shape every command's JSON reports the rows it left out in."""
+        return {self.name: self.problems()}
+
     def describe_problems(self) -> str | None:
         """One line saying which listed rows were left out, ``None`` when none were."""
         parts = []
