@@ -405,3 +405,13 @@ def test_sigterm_or_ctrl_c_of_the_packer_ends_its_pool_and_leaves_a_resumable_fo
     assert code == status and "Traceback" not in err, err[-3000:]
     assert _left_after(process, 5) == []
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("field,value", [("pixel_spacing_mm", -0.2), ("pixel_spacing_mm", "nan"), ("hc_mm", 0),
+                                         ("ga_days", "1e999")])
+def test_the_training_reader_refuses_a_bad_measure_naming_shard_and_member(tmp_path, field, value):
+    meta = json.dumps({"height": 6, "width": 8, "source": "x.png", field: value}).encode()
+    members = [_member(f"{KEY}.png", _png()), _member(f"{KEY}.txt", b"a caption."), _member(f"{KEY}.json", meta)]
+    folder = _folder(tmp_path, lambda shard: _tar(shard, members))
+    with pytest.raises(ShardError, match=rf"shard-000000.tar: member '{KEY}.json': {field} .* must be a positive, finite"):
+        open_shard_folder(folder)

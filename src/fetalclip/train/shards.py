@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..data.datasets import SampleDataset
+from ..data.sample import InvalidValueError, positive_finite
 from ..data.shards import (
     MANIFEST, ShardError, decode_image_member, open_regular_file, open_shard_tar, read_manifest_json, read_member,
     shard_file, shard_samples,
@@ -91,11 +92,21 @@ def _member_json(tar, info, path: Path) -> dict[str, Any]:
     return meta
 
 
+def _measure(path: Path, key: str, meta: dict[str, Any], name: str) -> float | None:
+    """A physical quantity of the sample's JSON, refused (naming shard and member) unless positive and finite."""
+    try:
+        return positive_finite(meta.get(name), name)
+    except InvalidValueError as exc:
+        raise ShardError(path, f"member '{key}.json': {exc}") from None
+
+
 def _record(path: Path, key: str, members: dict[str, tuple[int, int]], meta: dict[str, Any]) -> dict[str, Any]:
+    for name in ("pixel_spacing_224_mm", "ga_days", "hc_mm"):
+        _measure(path, key, meta, name)
     record = {
         "source": meta.get("source") or f"{path}:{key}",
         "frame_index": meta.get("frame_index"),
-        "pixel_spacing_mm": meta.get("pixel_spacing_mm"),
+        "pixel_spacing_mm": _measure(path, key, meta, "pixel_spacing_mm"),
         "label": meta.get("label"),
         "patient": None if meta.get("patient") is None else str(meta["patient"]),
         "metadata": {"dataset": meta.get("dataset"), "shard": str(path), "key": key},
