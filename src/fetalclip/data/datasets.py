@@ -302,9 +302,7 @@ def open_hc18(path: str) -> SampleDataset:
         raise FetalCLIPError(f"hc18:{path}: {HC18_CSV} not found in {root}")
     rows = _RowCollector(table)
     for line, row in _table_rows(table, HC18_COLUMNS):
-        name = row["filename"]
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise FetalCLIPError(f"{table}: line {line}: filename {name!r} is not a file name in training_set/")
+        name = _plain_file_name(row, "filename", "training_set/", table, line)
         image = root / "training_set" / name
         annotation = image.with_name(image.stem + "_Annotation.png")
         spacing = _number(row, "pixel size(mm)", table, line)
@@ -325,6 +323,14 @@ def open_hc18(path: str) -> SampleDataset:
     return rows.dataset(f"hc18:{path}", loader=load_hc18_record)
 
 
+def _plain_file_name(row: dict[str, str], column: str, folder: str, table: Path, line: int) -> str:
+    """The row's file name, refused unless it names a file directly inside the dataset's ``folder``."""
+    name = row[column]
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise FetalCLIPError(f"{table}: line {line}: {column} {name!r} is not a file name in {folder}")
+    return name
+
+
 # -- FETAL_PLANES_DB -------------------------------------------------------------------------------------------
 FPDB_CSV = "FETAL_PLANES_DB_data.csv"
 FPDB_COLUMNS = ("Image_name", "Patient_num", "Plane", "Brain_plane")
@@ -339,9 +345,7 @@ def open_fpdb(path: str) -> SampleDataset:
     rows = _RowCollector(table)
     # The published CSV has a trailing space in its last header ("Train ") and in its values: both stripped.
     for line, row in _table_rows(table, FPDB_COLUMNS, delimiter=";"):
-        name = row["Image_name"]
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise FetalCLIPError(f"{table}: line {line}: Image_name {name!r} is not a file name in Images/")
+        name = _plain_file_name(row, "Image_name", "Images/", table, line)
         image = images / f"{name}.png"
         label = _labelled(row["Plane"], "plane", table, line)
         brain_plane = _labelled(row["Brain_plane"], "brain_plane", table, line)
