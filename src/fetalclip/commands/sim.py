@@ -51,22 +51,23 @@ def sim_command(
         count, config = parse_cine_spec(f"{n},seed={seed},size={size},frames={frames},defect={defect},"
                                         f"clips_per_patient={clips_per_patient},overlay={overlay}{age}")
         summary = write_cine(count, config, out, progress=lambda it: progress_bar(it, total=count, desc="cine", unit="clip"))
-        typer.echo(f"{'heart':<20} {'clips':>6}")
-        for kind, number in summary["counts"].items():
-            typer.echo(f"{kind:<20} {number:>6}")
-        typer.echo(f"{'total':<20} {count:>6}  ({summary['patients']} patients, {frames} frames each)")
-        typer.echo(f"wrote {out / 'manifest.csv'} (read it as {summary['spec']}) and {out / 'cine.json'}")
+        _print_summary(summary, ("heart", "clips"), out / "cine.json", f", {frames} frames each")
         return
     spec = f"{n},seed={seed},size={size},per_patient={per_patient},overlay={overlay},chd={chd}{age}"
     if classes.strip():
         spec += ",classes=" + "+".join(c.strip() for c in classes.split(",") if c.strip())
     count, config = parse_sim_spec(spec)
     summary = write_phantom(count, config, out, progress=lambda it: progress_bar(it, total=count, desc="phantom", unit="img"))
-    typer.echo(f"{'view':<20} {'images':>6}")
-    for view, number in summary["counts"].items():
-        typer.echo(f"{view:<20} {number:>6}")
-    typer.echo(f"{'total':<20} {count:>6}  ({summary['patients']} patients)")
-    typer.echo(f"wrote {out / 'manifest.csv'} (read it as {summary['spec']}) and {out / 'sim.json'}")
+    _print_summary(summary, ("view", "images"), out / "sim.json")
+
+
+def _print_summary(summary: dict, columns: tuple[str, str], info: Path, detail: str = "") -> None:
+    """The set's counts per kind, its total and where it was written."""
+    typer.echo(f"{columns[0]:<20} {columns[1]:>6}")
+    for kind, number in summary["counts"].items():
+        typer.echo(f"{kind:<20} {number:>6}")
+    typer.echo(f"{'total':<20} {summary['n']:>6}  ({summary['patients']} patients{detail})")
+    typer.echo(f"wrote {info.parent / 'manifest.csv'} (read it as {summary['spec']}) and {info}")
 
 
 def register(app: typer.Typer) -> None:

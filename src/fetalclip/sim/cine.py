@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import FetalCLIPError
 from ..io import write_json_atomic, write_text_atomic
 from .anatomy import HEART_DEFECTS, HeartState
+from .dataset import ga_days_of, save_png, split_spec
 from .render import RENDERER_VERSION, Plan, SimConfig, plan_sample, render_plan
 
 CINE_DEFECTS = (*HEART_DEFECTS, "mixed")
@@ -133,14 +134,7 @@ def render_clip(config: CineConfig, index: int) -> tuple[ClipPlan, list[np.ndarr
 
 def parse_cine_spec(argument: str) -> tuple[int, CineConfig]:
     """``"40,seed=3,frames=8,defect=hlhs"`` -> (40, CineConfig(...)); errors name the spec."""
-    spec = f"cine:{argument}"
-    head, *tokens = [t.strip() for t in argument.split(",")]
-    try:
-        n = int(head)
-    except ValueError:
-        raise FetalCLIPError(f"{spec}: expected the number of clips first, as in cine:40,seed=1") from None
-    if n < 1:
-        raise FetalCLIPError(f"{spec}: the number of clips must be positive")
+    spec, n, tokens = split_spec("cine", argument, "clips")
     options: dict[str, Any] = {}
     for token in filter(None, tokens):
         key, sep, value = (part.strip() for part in token.partition("="))
@@ -154,8 +148,7 @@ def parse_cine_spec(argument: str) -> tuple[int, CineConfig]:
             elif key == "defect":
                 options[key] = value
             elif key == "ga":
-                lo, _, hi = value.partition("-")
-                options["ga_days"] = (int(float(lo) * 7), int(float(hi or lo) * 7) + 6)
+                options["ga_days"] = ga_days_of(value)
             else:
                 raise FetalCLIPError(f"{spec}: unknown option {key!r}; known: seed, size, frames, "
                                      "clips_per_patient, defect, ga, overlay")
@@ -182,8 +175,6 @@ def write_cine(
     As with ``write_phantom``, the manifest is written last (atomically): a folder without one is an
     interrupted export.
     """
-    from .dataset import save_png
-
     out = Path(out)
     rows = []
     indices: Iterable[int] = range(n)

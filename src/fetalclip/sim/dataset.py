@@ -49,16 +49,28 @@ def _class_name(name: str) -> str:
     return canonical_label(name, "brain_plane", strict=False) or name
 
 
-def parse_sim_spec(argument: str) -> tuple[int, SimConfig]:
-    """``"200,seed=3,classes=brain+femur"`` -> (200, SimConfig(...)); errors name the spec."""
-    spec = f"sim:{argument}"
+def split_spec(scheme: str, argument: str, unit: str) -> tuple[str, int, list[str]]:
+    """``scheme:N,key=value,...`` -> (the spec as written, N, the option tokens); N must be a positive count."""
+    spec = f"{scheme}:{argument}"
     head, *tokens = [t.strip() for t in argument.split(",")]
     try:
         n = int(head)
     except ValueError:
-        raise FetalCLIPError(f"{spec}: expected the number of images first, as in sim:200,seed=1") from None
+        raise FetalCLIPError(f"{spec}: expected the number of {unit} first, as in {scheme}:40,seed=1") from None
     if n < 1:
-        raise FetalCLIPError(f"{spec}: the number of images must be positive")
+        raise FetalCLIPError(f"{spec}: the number of {unit} must be positive")
+    return spec, n, tokens
+
+
+def ga_days_of(weeks: str) -> tuple[int, int]:
+    """``"20-30"`` (weeks) -> (140, 216): from the first day of the first week to the last day of the last."""
+    lo, _, hi = weeks.partition("-")
+    return int(float(lo) * 7), int(float(hi or lo) * 7) + 6
+
+
+def parse_sim_spec(argument: str) -> tuple[int, SimConfig]:
+    """``"200,seed=3,classes=brain+femur"`` -> (200, SimConfig(...)); errors name the spec."""
+    spec, n, tokens = split_spec("sim", argument, "images")
     options: dict[str, Any] = {}
     last = None
     for token in tokens:
@@ -79,8 +91,7 @@ def parse_sim_spec(argument: str) -> tuple[int, SimConfig]:
             elif key == "classes":
                 options[key] = [c for c in value.split("+") if c]
             elif key == "ga":
-                lo, _, hi = value.partition("-")
-                options["ga_days"] = (int(float(lo) * 7), int(float(hi or lo) * 7) + 6)
+                options["ga_days"] = ga_days_of(value)
             else:
                 raise FetalCLIPError(
                     f"{spec}: unknown option {key!r}; known: seed, size, classes, per_patient, ga, overlay, chd"
