@@ -367,8 +367,11 @@ def _start_pack(out: Path, guard: str) -> subprocess.Popen:
     """``data pack --workers 2`` in its own process group, returned once both workers run."""
     command = [sys.executable, "-c", _PACK, guard, "data", "pack", "-d", "sim:400,size=64", "--out", str(out),
                "--workers", "2", "--shard-size", "50"]
+    # A shell that starts a job in the background (`make test &`, some CI runners) leaves SIGINT ignored, and an
+    # ignored signal stays ignored across exec; give the packer the default disposition a terminal would.
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while sum(parent == process.pid for _, parent in _group(process.pid)) < 2:
         assert process.poll() is None, process.stderr.read()
