@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "explain",
     "train",
     "zeroshot",
+    "calibrate",
     "probe",
     "biometry",
 )

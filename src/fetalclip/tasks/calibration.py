@@ -1,0 +1,315 @@
+"""Calibrated plane confidence: temperature scaling, split-conformal sets and a "not a standard plane" threshold.
+
+A zero-shot plane score is a softmax of 100 x cosine: its confidence is a number, not a probability. Three
+post-hoc layers make it mean something, each fitted on labelled images of *some* patients and measured on the
+*other* patients (a patient-level split stratified by plane, so no patient is on both sides):
+
+- **Temperature scaling** (Guo et al. 2017): one scalar T dividing the logits, fitted by minimising the
+  negative log-likelihood of the true plane. It changes no argmax, only how sure the answer sounds.
+- **Split conformal prediction** (the LAC / "score = 1 - probability of the true class" recipe): the
+  ``ceil((n+1) c) / n`` empirical quantile ``q`` of the fitting scores gives sets ``{class: p >= 1 - q}`` that
+  contain the true plane with probability at least ``c`` for exchangeable images.
+- **Abstention**: the image's largest cosine to any class prompt, the zero-shot form of the maximum-logit
+  out-of-distribution score; an image scoring below the threshold is "not a standard plane". The threshold is
+  the score that keeps ``accept`` of the fitting patients' standard-plane images (by default 95%), a rule that
+  needs no non-standard images; where the data has them (FETAL_PLANES_DB's ``Other``) the evaluation reports
+  how well the score separates them (AUROC). The cosine, not the softmax, is used: a random or unrelated image
+  can have a peaked softmax over the offered planes while being close to none of them.
+
+The result is a small JSON document bound to the fingerprint of the image tower it was fitted for; loading it
+for other weights is refused, because a temperature and thresholds fitted for one model mean nothing for another.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import FetalCLIPError
+
+FORMAT = "fetalclip-calibration"
+VERSION = 1
+ECE_BINS = 15
+LOGIT_SCALE = 100.0  # zero-shot logits are 100 x cosine (tasks.zeroshot)
+
+
+class CalibrationError(FetalCLIPError):
+    """A calibration file that cannot be read or does not belong to the model it is used with."""
+
+
+# -- the three layers, as functions of logits -----------------------------------------------------------------
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the true classes ``y`` under ``softmax(logits / T)``."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(len(y)), y]))
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray, bounds: tuple[float, float] = (1e-2, 1e3)) -> float:
+    """The T minimising ``nll(logits, y, T)``, searched on log T (the NLL is smooth and unimodal there)."""
+    from scipy.optimize import minimize_scalar
+
+    if len(y) == 0:
+        raise FetalCLIPError("temperature scaling needs at least one labelled image")
+    found = minimize_scalar(lambda log_t: nll(logits, y, math.exp(log_t)), bounds=tuple(map(math.log, bounds)),
+                            method="bounded", options={"xatol": 1e-6})
+    return float(math.exp(found.x))
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label ECE: the image-weighted mean |accuracy - confidence| over ``bins`` equal-width confidence bins."""
+    probs = np.asarray(probs, dtype=np.float64)
+    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    correct = (predicted == np.asarray(y)).astype(np.float64)
+    # Bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of exactly 0 joins the first bin.
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+    return float(total / max(len(y), 1))
+
+
+def conformal_threshold(probs: np.ndarray, y: np.ndarray, coverage: float) -> float:
+    """Split-conformal ``q``: sets ``{c: p_c >= 1 - q}`` cover the true class with probability >= ``coverage``."""
+    if not 0 < coverage < 1:
+        raise FetalCLIPError(f"coverage must be between 0 and 1 (got {coverage})")
+    scores = np.sort(1.0 - np.asarray(probs, dtype=np.float64)[np.arange(len(y)), y])
+    n = len(scores)
+    rank = math.ceil((n + 1) * coverage)  # the finite-sample correction: the rank-th smallest of n scores
+    if n == 0 or rank > n:
+        return 1.0  # too few fitting images for this coverage: every class is in every set
+    return float(scores[rank - 1])
+
+
+def prediction_sets(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean ``[N, C]``: class c is in image i's set when ``p_ic >= 1 - threshold``, and the most probable
+    class always is (an empty set answers nothing; adding the top class can only raise the coverage)."""
+    probs = np.asarray(probs)
+    sets = probs >= 1.0 - threshold - 1e-12
+    sets[np.arange(len(probs)), probs.argmax(axis=1)] = True
+    return sets
+
+
+def standardness(logits: np.ndarray) -> np.ndarray:
+    """The abstention score of each image: its largest cosine to any class prompt."""
+    return np.asarray(logits, dtype=np.float64).max(axis=1) / LOGIT_SCALE
+
+
+def abstain_threshold(scores: np.ndarray, accept: float) -> float:
+    """The score above which ``accept`` of these (standard-plane) images lie."""
+    if not 0 < accept <= 1:
+        raise FetalCLIPError(f"accept must be in (0, 1] (got {accept})")
+    return float(np.quantile(np.asarray(scores, dtype=np.float64), 1.0 - accept, method="lower"))
+
+
+# -- the fitted calibration ---------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """What a predictor needs to turn one image's logits into a calibrated, honest answer."""
+
+    task: str
+    classes: list[str]
+    temperature: float
+    coverage: float
+    conformal_threshold: float
+    abstain_threshold: float
+    accept: float
+    model: str = ""
+    model_fingerprint: str = ""
+    fit: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return softmax(logits, self.temperature)
+
+    def sets(self, logits: np.ndarray) -> np.ndarray:
+        return prediction_sets(self.probabilities(logits), self.conformal_threshold)
+
+    def is_standard(self, logits: np.ndarray) -> np.ndarray:
+        return standardness(logits) >= self.abstain_threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from ..io import write_json_atomic
+
+        return write_json_atomic(path, self.to_dict())
+
+    def check_model(self, fingerprint: str, where: str = "calibration") -> None:
+        """Refuse to be used with weights other than those it was fitted for."""
+        if self.model_fingerprint and fingerprint != self.model_fingerprint:
+            raise CalibrationError(f"{where}: fitted for model {self.model or '?'} with weights "
+                                   f"{self.model_fingerprint[:12]}, not these ({fingerprint[:12]}); calibrate again")
+
+
+def load_calibration(path: str | os.PathLike, fingerprint: str | None = None) -> Calibration:
+    """A saved calibration; with ``fingerprint`` (``tasks.features.model_fingerprint``) it must be that model's."""
+    from .zeroshot import read_json_file
+
+    path = Path(path)
+    try:
+        data = read_json_file(path, "calibration")
+    except FetalCLIPError as exc:
+        raise CalibrationError(str(exc)) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise CalibrationError(f"{path}: not a {FORMAT} file (version {VERSION})")
+    names = {f for f in Calibration.__dataclass_fields__}
+    try:
+        calibration = Calibration(**{k: v for k, v in data.items() if k in names})
+        numbers = (calibration.temperature, calibration.conformal_threshold, calibration.abstain_threshold)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers) or calibration.temperature <= 0:
+            raise TypeError("temperature and thresholds must be finite numbers, the temperature positive")
+        if not calibration.classes or not all(isinstance(c, str) for c in calibration.classes):
+            raise TypeError("classes must be a list of names")
+    except TypeError as exc:
+        raise CalibrationError(f"{path}: {exc}") from None
+    if fingerprint is not None:
+        calibration.check_model(fingerprint, str(path))
+    return calibration
+
+
+# -- fitting on a labelled dataset --------------------------------------------------------------------------
+NON_STANDARD = "other"
+
+
+def fit_calibration(
+    logits: np.ndarray,
+    labels: Sequence[str],
+    patients: Sequence[str],
+    classes: Sequence[str],
+    coverage: float = 0.9,
+    accept: float = 0.95,
+    seed: int = 0,
+    eval_fraction: float = 0.5,
+) -> Calibration:
+    """Fit on one patient-level part of the images, measure on the other.
+
+    ``labels`` are plane names from ``classes`` or ``other`` (a non-standard image: never fitted on, used
+    only to measure abstention). Each patient counts under its most common label for the stratified split.
+    """
+    from ..data.splits import make_splits
+    from ..metrics import auroc
+
+    logits = np.asarray(logits, dtype=np.float64)
+    classes = list(classes)
+    unknown = sorted({str(label) for label in labels if label != NON_STANDARD and label not in classes})
+    if unknown:
+        raise FetalCLIPError(f"labels {unknown} are not among the offered classes {classes}")
+    records = [{"patient": str(p), "source": f"#{i}", "label": str(label)} for i, (p, label) in enumerate(zip(patients, labels))]
+    split = make_splits(records, k=1, test_fraction=eval_fraction, seed=seed, stratify="label")
+    parts = split.indices(records)
+    fit_idx, eval_idx = parts["train"], parts["test"]
+    standard = np.array([label != NON_STANDARD for label in labels])
+    y = np.array([classes.index(label) if label != NON_STANDARD else -1 for label in labels])
+
+    def standard_part(indices: list[int]) -> np.ndarray:
+        return np.array([i for i in indices if standard[i]], dtype=int)
+
+    fit_std, eval_std = standard_part(fit_idx), standard_part(eval_idx)
+    if len(fit_std) < 2 or len(eval_std) < 1:
+        raise FetalCLIPError(f"calibration needs standard-plane images of several patients on both sides of the split "
+                             f"(fit {len(fit_std)}, evaluate {len(eval_std)})")
+    temperature = fit_temperature(logits[fit_std], y[fit_std])
+    threshold = conformal_threshold(softmax(logits[fit_std], temperature), y[fit_std], coverage)
+    scores = standardness(logits)
+    abstain = abstain_threshold(scores[fit_std], accept)
+
+    before, after = softmax(logits[eval_std], 1.0), softmax(logits[eval_std], temperature)
+    sets = prediction_sets(after, threshold)
+    evaluation: dict[str, Any] = {
+        "n_images": len(eval_std),
+        "n_patients": len({records[i]["patient"] for i in eval_idx}),
+        "accuracy": float((after.argmax(axis=1) == y[eval_std]).mean()),
+        "ece_before": expected_calibration_error(before, y[eval_std]),
+        "ece_after": expected_calibration_error(after, y[eval_std]),
+        "nll_before": nll(logits[eval_std], y[eval_std], 1.0),
+        "nll_after": nll(logits[eval_std], y[eval_std], temperature),
+        "coverage": float(sets[np.arange(len(eval_std)), y[eval_std]].mean()),
+        "mean_set_size": float(sets.sum(axis=1).mean()),
+        "standard_accepted": float((scores[eval_std] >= abstain).mean()),
+    }
+    eval_other = np.array([i for i in eval_idx if not standard[i]], dtype=int)
+    if len(eval_other):
+        both = np.concatenate([eval_std, eval_other])
+        evaluation.update(n_non_standard=len(eval_other),
+                          abstain_auroc=auroc(standard[both].astype(int), scores[both]),
+                          non_standard_rejected=float((scores[eval_other] < abstain).mean()))
+    fit = {"n_images": len(fit_std), "n_patients": len({records[i]["patient"] for i in fit_idx}), "seed": seed,
+           "split": "patient-level, stratified by plane"}
+    return Calibration("planes", classes, temperature, coverage, threshold, abstain, accept, fit=fit,
+                       evaluation=evaluation)
+
+
+def calibrate_planes(
+    model: Any,
+    dataset: Any,
+    coverage: float = 0.9,
+    accept: float = 0.95,
+    seed: int = 0,
+    prompts: Mapping[str, Sequence[str]] | str | os.PathLike | None = None,
+    batch_size: int = 32,
+    skip_bad: bool = False,
+    progress: bool = False,
+    cache: Any = None,
+) -> tuple[Calibration, list[tuple[str, str]]]:
+    """Zero-shot plane logits of every labelled image of ``dataset`` (``other`` included), then ``fit_calibration``.
+
+    Returns the calibration (bound to ``model``'s weights) and the images skipped as unreadable.
+    """
+    from .dataset_features import embed_dataset
+    from .features import model_fingerprint
+    from .zeroshot import build_classifier, load_prompts, logits_from_features, record_target
+
+    if not isinstance(prompts, Mapping):
+        prompts = load_prompts(prompts, "planes")
+    targets = [record_target(record, "planes") for record in dataset.records]
+    keep = [i for i, t in enumerate(targets) if t is not None and (t in prompts or t == NON_STANDARD)]
+    unknown = sorted({t for t in targets if t is not None and t not in prompts and t != NON_STANDARD})
+    if unknown:
+        raise FetalCLIPError(f"{dataset.name}: label(s) {unknown} have no plane prompts; known: {', '.join(prompts)}")
+    if not keep:
+        raise FetalCLIPError(f"{dataset.name}: no images with a plane label to calibrate on")
+    classes = [c for c in prompts if c != NON_STANDARD]
+    classifier = build_classifier(model, classes, prompts)
+    embedded = embed_dataset(model, dataset, keep, batch_size=batch_size, skip_bad=skip_bad, progress=progress,
+                             desc="calibrate", cache=cache)
+    records = [dataset.records[i] for i in embedded.indices]
+    calibration = fit_calibration(
+        logits_from_features(embedded.features, classifier), [targets[i] for i in embedded.indices],
+        [r.get("patient") or r["source"] for r in records], classes, coverage=coverage, accept=accept, seed=seed,
+    )
+    calibration.model, calibration.model_fingerprint = model.name, model_fingerprint(model)
+    return calibration, embedded.skipped
+
+
+__all__ = [
+    "Calibration",
+    "CalibrationError",
+    "abstain_threshold",
+    "calibrate_planes",
+    "conformal_threshold",
+    "expected_calibration_error",
+    "fit_calibration",
+    "fit_temperature",
+    "load_calibration",
+    "nll",
+    "prediction_sets",
+    "softmax",
+    "standardness",
+]
