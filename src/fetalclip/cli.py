@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "train",
     "zeroshot",
     "calibrate",
+    "predict",
     "probe",
     "biometry",
 )

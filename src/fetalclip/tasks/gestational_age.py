@@ -83,7 +83,8 @@ def fill_template(template: str, day: int, spacing_text: str) -> str:
     )
 
 
-def _templates(templates: Sequence[str] | str | os.PathLike | None) -> list[str]:
+def resolve_templates(templates: Sequence[str] | str | os.PathLike | None) -> list[str]:
+    """Templates given as a list, one template, a JSON file, or ``None`` (ours), each checked."""
     if templates is None:
         return load_templates()
     if isinstance(templates, os.PathLike) or (
@@ -124,7 +125,7 @@ def score_features(
     **options: Any,
 ) -> np.ndarray:
     """Day scores ``[N, D]`` from image embeddings ``[N, E]`` and each image's 224-input spacing."""
-    templates = _templates(templates)
+    templates = resolve_templates(templates)
     if len(image_features) != len(spacings_224):
         raise ValueError(f"{len(image_features)} images but {len(spacings_224)} spacings")
     texts = [format_spacing(s) for s in spacings_224]
@@ -176,7 +177,7 @@ def score_days_reference(
 
     Returns the ``[len(days)]`` score row; slow by design (``len(templates) x len(days)`` prompts per image).
     """
-    templates = _templates(templates)
+    templates = resolve_templates(templates)
     days = list(days)
     batch = image[None] if isinstance(image, torch.Tensor) else [image]
     image_features = model.encode_image(batch, normalize=True).float()
@@ -231,7 +232,7 @@ def predict_ga(
 
     ``cache`` (a ``FeatureCache`` of this model) supplies image embeddings computed once per image.
     """
-    templates = _templates(templates)
+    templates = resolve_templates(templates)
     days = list(days)
     if days != list(range(days[0], days[0] + len(days))):
         raise ValueError("days must be consecutive (the decoder maps index i to first_day + i)")

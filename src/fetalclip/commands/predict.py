@@ -1,0 +1,113 @@
+"""``fetalclip predict``: an answer about each scan given, on the terminal and as JSON or CSV.
+
+Paths may be image files (PNG, JPG, TIFF, DICOM: its first frame) or folders of them. The answers are
+``tasks.predictor.Predictor``'s; this command reads, guards the output, counts what it skipped, and renders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..outputs import OVERWRITE_HELP
+from .embed import MODEL_HELP
+
+CSV_COLUMNS = ("source", "plane", "probability", "calibrated", "prediction_set", "standard_plane", "brain_plane",
+               "ga_weeks_days", "ga_days", "ga_range", "note")
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    from ..data.readers import frame_files
+
+    files: list[Path] = []
+    for path in paths:
+        files.extend(frame_files(path) if path.is_dir() else [path])
+    return files
+
+
+def _row(answer) -> dict[str, str]:
+    plane, age, brain = answer.plane, answer.gestational_age, answer.brain_plane
+    note = plane.reason or (age.reason if age is not None and age.reason else "") or "; ".join(answer.notes)
+    return {
+        "source": answer.source, "plane": plane.label, "probability": f"{plane.probability:.3f}",
+        "calibrated": str(plane.calibrated).lower(),
+        "prediction_set": "+".join(plane.prediction_set) if plane.prediction_set is not None else "",
+        "standard_plane": "" if plane.standard_plane is None else str(plane.standard_plane).lower(),
+        "brain_plane": brain["label"] if brain else "",
+        "ga_weeks_days": age.weeks_days or "" if age else "", "ga_days": str(age.days) if age and age.days else "",
+        "ga_range": "-".join(age.range_weeks_days) if age and age.range_weeks_days else "", "note": note or "",
+    }
+
+
+def predict_command(
+    paths: list[Path] = typer.Argument(..., help="Scans: image files, DICOM files, or folders of images."),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="From `fetalclip calibrate` for this model."),
+    spacing: Optional[float] = typer.Option(None, "--spacing", help="Pixel spacing in mm (DICOM files carry their own)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Answers as .json (full) or .csv (one row per scan)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files (counted) instead of stopping."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+) -> None:
+    """Which plane, how sure, is it a standard plane, brain sub-plane and gestational age: per scan."""
+    import csv
+    import io
+
+    from ..errors import FetalCLIPError, ImageReadError
+    from ..io import write_json_atomic, write_text_atomic
+    from ..models import load
+    from ..outputs import check_outputs
+    from ..progress import progress_bar
+    from ..tasks.calibration import load_calibration
+    from ..tasks.features import model_fingerprint
+    from ..tasks.predictor import PREDICTION_SCHEMA, Predictor
+
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        raise FetalCLIPError(f"{out}: --out must end in .json or .csv")
+    files = _expand(paths)
+    if not files:
+        raise FetalCLIPError("no scans found in " + ", ".join(map(str, paths)))
+    check_outputs({"--out": out}, inputs=[*files, calibration], overwrite=overwrite)
+    net = load(model, device=device)
+    saved = load_calibration(calibration, model_fingerprint(net)) if calibration is not None else None
+    predictor = Predictor(net, saved)
+    answers, skipped = [], []
+    for path in progress_bar(files, desc="predict", unit="scan", disable=len(files) < 8):
+        try:
+            answers.extend(predictor.predict_many([path], [spacing], batch_size=batch_size))
+        except ImageReadError as exc:
+            if not skip_bad:
+                raise
+            skipped.append((exc.path or str(path), exc.reason))
+    rows = [_row(answer) for answer in answers]
+    typer.echo(f"{'scan':<36} {'plane':<10} {'p':>6} {'standard':>8} {'sub-plane':<18} {'GA':>7} {'range':<13}")
+    for row in rows:
+        name = Path(row["source"]).name[-36:]
+        typer.echo(f"{name:<36} {row['plane']:<10} {row['probability']:>6} {row['standard_plane'] or '?':>8} "
+                   f"{row['brain_plane']:<18} {row['ga_weeks_days']:>7} {row['ga_range']:<13}")
+        if row["note"]:
+            typer.echo(f"    {row['note']}")
+    if saved is None:
+        typer.echo("uncalibrated: probabilities are the raw zero-shot softmax (see `fetalclip calibrate`)")
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} unreadable files (first: {skipped[0][0]}: {skipped[0][1]})", err=True)
+    if out is not None:
+        if out.suffix.lower() == ".json":
+            write_json_atomic(out, {"schema": PREDICTION_SCHEMA, "model": net.name, "model_reference": model,
+                                    "calibration": str(calibration) if calibration else None,
+                                    "predictions": [answer.to_dict() for answer in answers],
+                                    "skipped": [{"source": s, "reason": r} for s, r in skipped]})
+        else:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            write_text_atomic(out, buffer.getvalue())
+        typer.echo(f"answers -> {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)
