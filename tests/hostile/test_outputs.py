@@ -126,7 +126,8 @@ def test_biometry_over_a_mask_it_reads_is_refused(capsys, tmp_path, manifest):
     assert snapshot(mask) == before
 
 
-def test_explain_default_output_beside_the_image_is_not_replaced(capsys, tmp_path, png, no_model):
+def test_explain_default_output_is_not_replaced(capsys, tmp_path, png, no_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output is IMAGE_STEM.cam.png in the current folder
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"brain": ["fetal brain"], "abdomen": ["fetal abdomen"]}))
     existing = tmp_path / "scan.cam.png"

@@ -187,12 +187,20 @@ def test_explain_command_writes_an_overlay(tmp_path, gray_image):
     assert picture.shape[0] > 200 and picture.std() > 5
 
 
-def test_explain_command_takes_a_frame_of_a_multi_frame_dicom(tmp_path, dicom_writer, ramp_frames):
+def test_explain_command_takes_a_frame_of_a_multi_frame_dicom(tmp_path, dicom_writer, ramp_frames, monkeypatch):
     from fetalclip.cli import app
 
-    scan = dicom_writer(tmp_path / "loop.dcm", ramp_frames)
+    archive, work = tmp_path / "archive", tmp_path / "work"
+    archive.mkdir(), work.mkdir()
+    monkeypatch.chdir(work)
+    scan = dicom_writer(archive / "loop.dcm", ramp_frames)
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"brain": ["fetal brain"], "femur": ["fetal femur"]}))
     result = CliRunner().invoke(app, ["explain", str(scan), "--prompt-set", str(prompts), "--frame", "3", "--class", "femur"])
     assert result.exit_code == 0, result.output
-    assert "map for femur" in result.output and (tmp_path / "loop.cam.png").is_file()
+    # The map goes to the current folder, never beside the input unless asked.
+    assert "map for femur" in result.output and (work / "loop.cam.png").is_file() and sorted(archive.iterdir()) == [scan]
+    # Without --prompt-set the packaged plane prompts are offered, in a labelled table.
+    result = CliRunner().invoke(app, ["explain", str(scan), "--out", str(work / "planes.png")])
+    assert result.exit_code == 0, result.output
+    assert "softmax" in result.output and "abdomen" in result.output and "femur" in result.output
