@@ -50,6 +50,11 @@ def test_head_view_gets_sub_plane_and_the_published_ga(tiny_model, scan):
     assert predictor(scan, spacing_mm=0.15).gestational_age.days == expected  # from the cached text bank
     no_spacing = predictor(scan).gestational_age
     assert no_spacing.days is None and "spacing" in no_spacing.reason
+    # An operator who knows the view gets its reading whatever the plane answer (which is still reported).
+    other = Predictor(tiny_model, plane_prompts={"abdomen": ["Ultrasound image of the fetal abdomen"]})
+    assert other(scan, spacing_mm=0.15).gestational_age is None
+    told = other(scan, spacing_mm=0.15, view="brain")
+    assert told.plane.label == "abdomen" and told.gestational_age.days == expected and "as asked" in told.notes[0]
 
 
 def test_calibration_is_for_these_weights_only_and_flags_non_standard(tiny_model, scan):

@@ -46,6 +46,7 @@ def predict_command(
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="From `fetalclip calibrate` for this model."),
     spacing: Optional[float] = typer.Option(None, "--spacing", help="Pixel spacing in mm (DICOM files carry their own)."),
+    view: Optional[str] = typer.Option(None, "--view", help="The plane the scans show, if known (brain: always read sub-plane and GA)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Answers as .json (full) or .csv (one row per scan)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files (counted) instead of stopping."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
@@ -77,7 +78,7 @@ def predict_command(
     answers, skipped = [], []
     for path in progress_bar(files, desc="predict", unit="scan", disable=len(files) < 8):
         try:
-            answers.extend(predictor.predict_many([path], [spacing], batch_size=batch_size))
+            answers.extend(predictor.predict_many([path], [spacing], batch_size=batch_size, view=view))
         except ImageReadError as exc:
             if not skip_bad:
                 raise

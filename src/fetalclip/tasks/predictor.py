@@ -108,13 +108,20 @@ class Predictor:
 
     # -- the answer ---------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def __call__(self, image: Any, spacing_mm: float | None = None, source: str | None = None) -> ScanPrediction:
-        return self.predict_many([image], [spacing_mm], [source])[0]
+    def __call__(self, image: Any, spacing_mm: float | None = None, source: str | None = None,
+                 view: str | None = None) -> ScanPrediction:
+        return self.predict_many([image], [spacing_mm], [source], view=view)[0]
 
     @torch.inference_mode()
     def predict_many(self, images: Sequence[Any], spacings_mm: Sequence[float | None] | None = None,
-                     sources: Sequence[str | None] | None = None, batch_size: int = 32) -> list[ScanPrediction]:
-        """Answers for several scans, their images encoded in batches."""
+                     sources: Sequence[str | None] | None = None, batch_size: int = 32,
+                     view: str | None = None) -> list[ScanPrediction]:
+        """Answers for several scans, their images encoded in batches.
+
+        ``view``: the plane the operator says the scans show (e.g. ``brain`` for a folder of head scans). The
+        plane is still predicted and reported, but what is read for that view (sub-plane, age) no longer
+        waits on the prediction agreeing.
+        """
         from ..data.sample import positive_finite
 
         spacings_mm = list(spacings_mm) if spacings_mm is not None else [None] * len(images)
@@ -133,17 +140,19 @@ class Predictor:
             features = self.model.encode_image(batch, normalize=True).float().cpu()
             for row, feature in enumerate(features):
                 index = start + row
-                answers.append(self._answer(feature, spacings_224[index], names[index]))
+                answers.append(self._answer(feature, spacings_224[index], names[index], view))
         return answers
 
-    def _answer(self, feature: torch.Tensor, spacing_224: float | None, source: str) -> ScanPrediction:
+    def _answer(self, feature: torch.Tensor, spacing_224: float | None, source: str, view: str | None) -> ScanPrediction:
         from .zeroshot import logits_from_features
 
         logits = logits_from_features(feature[None], self.plane_classifier)
         plane = self._plane(logits, feature[None].numpy())
         prediction = ScanPrediction(source, plane)
-        if plane.label != HEAD_VIEW:
+        if (view or plane.label) != HEAD_VIEW:
             return prediction
+        if view is not None and plane.label != view:
+            prediction.notes.append(f"read as a {view} view as asked; the model's own plane answer is {plane.label}")
         if plane.standard_plane is False:
             prediction.notes.append("not judged a standard plane: sub-plane and age are given with that caveat")
         brain_logits = logits_from_features(feature[None], self.brain_classifier)
