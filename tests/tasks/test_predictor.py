@@ -94,3 +94,45 @@ def test_predict_command_json_csv_and_skips(tmp_path, scan):
     assert skipped.exit_code == 0, skipped.output
     rows = (tmp_path / "answers.csv").read_text().splitlines()
     assert rows[0].startswith("source,plane,probability") and len(rows) == 2 and "skipped 1" in skipped.output
+
+
+def test_sweep_phantom_peaks_at_its_best_frame():
+    from fetalclip.sim.sweep import SweepConfig, render_sweep
+
+    config = SweepConfig(seed=3, frames=12, size=96)
+    sweep = render_sweep(config, 5)
+    assert config.frames // 4 <= sweep.best_frame <= config.frames - 1 - config.frames // 4
+    assert int(np.argmax(sweep.weights)) == sweep.best_frame and sweep.weights[sweep.best_frame] == 1.0
+    again = render_sweep(config, 5)
+    assert all(np.array_equal(a, b) for a, b in zip(sweep.frames, again.frames))  # a pure function of the index
+    assert not np.array_equal(sweep.frames[0], sweep.frames[1])  # new speckle every frame
+    with pytest.raises(ValueError, match="4 frames"):
+        SweepConfig(frames=3)
+
+
+def test_sweep_reports_every_frame_and_the_best_per_plane(tiny_model, tmp_path):
+    from fetalclip.sim.sweep import SweepConfig, render_sweep
+
+    sweep = render_sweep(SweepConfig(seed=1, frames=6, size=96), 0)
+    prompts = {"brain": ["Ultrasound image of the fetal brain"], "abdomen": ["Ultrasound image of the fetal abdomen"]}
+    predictor = Predictor(tiny_model, plane_prompts=prompts)
+    result = predictor.sweep(sweep.frames, spacing_mm=sweep.spacing_mm, source="loop")
+    one_by_one = [predictor(frame, spacing_mm=sweep.spacing_mm) for frame in sweep.frames]
+    assert [f["plane"] for f in result.frames] == [a.plane.label for a in one_by_one]
+    for plane, best in result.best_frames.items():  # the highest probability among the frames answering that plane
+        frames = [i for i, a in enumerate(one_by_one) if a.plane.label == plane]
+        assert best["frame"] == max(frames, key=lambda i: one_by_one[i].plane.probability)
+    if "brain" in result.best_frames:
+        assert result.head.gestational_age.days == one_by_one[result.best_frames["brain"]["frame"]].gestational_age.days
+    json.dumps(result.to_dict(), allow_nan=False)
+    # A frame folder is a sweep too, through the data layer; and through the command.
+    folder = tmp_path / "loop"
+    folder.mkdir()
+    for i, frame in enumerate(sweep.frames):
+        Image.fromarray(frame).save(folder / f"{i:03d}.png")
+    assert [f["plane"] for f in predictor.sweep(folder, spacing_mm=sweep.spacing_mm).frames] == [f["plane"] for f in result.frames]
+    out = tmp_path / "sweeps.json"
+    command = CliRunner().invoke(app, ["predict", str(folder), "--sweep", "-m", "fetalclip-tiny", "--out", str(out)])
+    assert command.exit_code == 0, command.output
+    saved = json.loads(out.read_text())
+    assert len(saved["sweeps"]) == 1 and len(saved["sweeps"][0]["frames"]) == 6 and "best frame" in command.output

@@ -46,6 +46,7 @@ def predict_command(
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="From `fetalclip calibrate` for this model."),
     spacing: Optional[float] = typer.Option(None, "--spacing", help="Pixel spacing in mm (DICOM files carry their own)."),
+    sweep: bool = typer.Option(False, "--sweep", help="Each PATH is one sweep (video, multi-frame DICOM/TIFF, frame folder): best frame per plane."),
     view: Optional[str] = typer.Option(None, "--view", help="The plane the scans show, if known (brain: always read sub-plane and GA)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Answers as .json (full) or .csv (one row per scan)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files (counted) instead of stopping."),
@@ -68,6 +69,8 @@ def predict_command(
 
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise FetalCLIPError(f"{out}: --out must end in .json or .csv")
+    if sweep:
+        return _sweeps(paths, model, calibration, spacing, out, skip_bad, batch_size, device, overwrite)
     files = _expand(paths)
     if not files:
         raise FetalCLIPError("no scans found in " + ", ".join(map(str, paths)))
@@ -104,6 +107,55 @@ def predict_command(
         else:
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            write_text_atomic(out, buffer.getvalue())
+        typer.echo(f"answers -> {out}")
+
+
+def _sweeps(paths, model, calibration, spacing, out, skip_bad, batch_size, device, overwrite) -> None:
+    """``--sweep``: one answer per sweep, its best frame per plane and the head answer of its best brain frame."""
+    import csv
+    import io
+
+    from ..errors import FetalCLIPError, ImageReadError
+    from ..io import write_json_atomic, write_text_atomic
+    from ..models import load
+    from ..outputs import check_outputs
+    from ..tasks.calibration import load_calibration
+    from ..tasks.features import model_fingerprint
+    from ..tasks.predictor import PREDICTION_SCHEMA, Predictor
+
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        raise FetalCLIPError(f"{out}: --out must end in .json or .csv")
+    check_outputs({"--out": out}, inputs=[*paths, calibration], overwrite=overwrite)
+    net = load(model, device=device)
+    predictor = Predictor(net, load_calibration(calibration, model_fingerprint(net)) if calibration is not None else None)
+    answers, skipped, rows = [], [], []
+    for path in paths:
+        try:
+            answers.append(predictor.sweep(path, spacing_mm=spacing, batch_size=batch_size))
+        except ImageReadError as exc:
+            if not skip_bad:
+                raise
+            skipped.append((exc.path or str(path), exc.reason))
+    typer.echo(f"{'sweep':<36} {'frames':>6}  best frame per plane (probability)          GA at the best head frame")
+    for answer in answers:
+        best = "; ".join(f"{plane}@{b['frame']} ({b['probability']:.2f})" for plane, b in answer.best_frames.items())
+        age = answer.head.gestational_age if answer.head is not None else None
+        ga = (age.weeks_days or age.reason) if age is not None else ""
+        rows.append({"source": answer.source, "frames": str(len(answer.frames)), "best_frames": best, "ga": ga or ""})
+        typer.echo(f"{Path(answer.source).name[-36:]:<36} {len(answer.frames):>6}  {best or 'no standard frame':<43} {ga or ''}")
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} unreadable sweeps (first: {skipped[0][0]}: {skipped[0][1]})", err=True)
+    if out is not None:
+        if out.suffix.lower() == ".json":
+            write_json_atomic(out, {"schema": PREDICTION_SCHEMA, "model": net.name, "model_reference": model,
+                                    "sweeps": [answer.to_dict() for answer in answers],
+                                    "skipped": [{"source": s, "reason": r} for s, r in skipped]})
+        else:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=["source", "frames", "best_frames", "ga"], lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
             write_text_atomic(out, buffer.getvalue())

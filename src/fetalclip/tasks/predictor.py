@@ -1,5 +1,5 @@
 """One scan in, one answer out: plane (calibrated, with a conformal set and "not a standard plane"), brain
-sub-plane, and gestational age for head views.
+sub-plane, and gestational age for head views; for a sweep, every frame's plane and the best frame per plane.
 
 ``Predictor`` composes the task functions rather than repeating them: the plane and sub-plane classifiers are
 ``zeroshot.build_classifier`` (built once per predictor), gestational age is the published per-day scoring of
@@ -66,6 +66,20 @@ class ScanPrediction:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": PREDICTION_SCHEMA, **asdict(self)}
+
+
+@dataclass
+class SweepPrediction:
+    """A sweep (cine loop, multi-frame DICOM, frame folder): each frame's plane, and the best frame per plane."""
+
+    source: str
+    frames: list[dict[str, Any]]  # per frame: plane, probability, standard_plane
+    best_frames: dict[str, dict[str, Any]]  # plane -> {"frame", "probability"} among frames judged standard
+    head: ScanPrediction | None = None  # the whole answer (sub-plane, GA) for the best head frame
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": PREDICTION_SCHEMA, "source": self.source, "frames": self.frames,
+                "best_frames": self.best_frames, "head": None if self.head is None else self.head.to_dict()}
 
 
 class Predictor:
@@ -143,6 +157,36 @@ class Predictor:
                 answers.append(self._answer(feature, spacings_224[index], names[index], view))
         return answers
 
+    @torch.inference_mode()
+    def sweep(self, frames: Any, spacing_mm: float | None = None, source: str | None = None,
+              batch_size: int = 32) -> SweepPrediction:
+        """Per-frame planes of a sweep and, per plane, the frame with its highest probability among the frames
+        judged standard (all frames without a calibration) where it is the answer; the head answer (sub-plane,
+        GA) is that of the best brain frame. ``frames``: a list of images, or a path to a multi-frame source."""
+        from ..data.readers import read_clip
+
+        if isinstance(frames, (str, os.PathLike)):
+            source = source or str(frames)
+            samples = read_clip(frames)
+            spacing_mm = spacing_mm if spacing_mm is not None else samples[0].get("pixel_spacing_mm")
+            frames = [sample["image"] for sample in samples]
+        source = source or "<sweep>"
+        if not len(frames):
+            raise FetalCLIPError(f"{source}: the sweep has no frames")
+        answers = self.predict_many(list(frames), [spacing_mm] * len(frames), [f"{source}#{i}" for i in range(len(frames))],
+                                    batch_size=batch_size)
+        per_frame = [{"frame": i, "plane": a.plane.label, "probability": a.plane.probability,
+                      "standard_plane": a.plane.standard_plane} for i, a in enumerate(answers)]
+        best: dict[str, dict[str, Any]] = {}
+        for i, answer in enumerate(answers):
+            plane = answer.plane
+            if plane.standard_plane is False:
+                continue
+            if plane.label not in best or plane.probability > best[plane.label]["probability"]:
+                best[plane.label] = {"frame": i, "probability": plane.probability}
+        head = answers[best[HEAD_VIEW]["frame"]] if HEAD_VIEW in best else None
+        return SweepPrediction(source, per_frame, best, head)
+
     def _answer(self, feature: torch.Tensor, spacing_224: float | None, source: str, view: str | None) -> ScanPrediction:
         from .zeroshot import logits_from_features
 
@@ -197,4 +241,4 @@ class Predictor:
         return AgeAnswer(day, weeks_days(day), span, [weeks_days(d) for d in span], float(spacing_224))
 
 
-__all__ = ["AgeAnswer", "PREDICTION_SCHEMA", "PlaneAnswer", "Predictor", "ScanPrediction", "weeks_days"]
+__all__ = ["AgeAnswer", "PREDICTION_SCHEMA", "PlaneAnswer", "Predictor", "ScanPrediction", "SweepPrediction", "weeks_days"]
