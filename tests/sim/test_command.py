@@ -42,3 +42,24 @@ def test_sim_command_renders_cine_clips_and_defect_captions(tmp_path):
     records = open_dataset(f"csv:{images / 'manifest.csv'}").records
     assert all(record["finding"] in ("hlhs", "vsd") for record in records)
     assert all(r["caption"].endswith(tuple(FINDING_PHRASES[r["finding"]])) for r in records)
+
+
+def test_sim_command_renders_sweeps_with_their_best_frame(tmp_path):
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from fetalclip.sim.sweep import SweepConfig, render_sweep
+
+    out = tmp_path / "sweeps"
+    result = runner.invoke(app, ["sim", "--sweep", "--n", "2", "--frames", "6", "--size", "96", "--seed", "4",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    expected = render_sweep(SweepConfig(seed=4, size=96, frames=6), 1)
+    assert [r["label"] for r in rows] == ["brain", "brain"] and int(rows[1]["best_frame"]) == expected.best_frame
+    saved = np.asarray(Image.open(out / rows[1]["path"] / f"{expected.best_frame:03d}.png"))
+    assert np.array_equal(saved, expected.frames[expected.best_frame])
+    clash = runner.invoke(app, ["sim", "--sweep", "--cine", "--n", "2", "--out", str(tmp_path / "x")])
+    assert isinstance(clash.exception, FetalCLIPError) and "exclude" in str(clash.exception)

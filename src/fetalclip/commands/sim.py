@@ -1,5 +1,6 @@
 """``fetalclip sim``: export a synthetic phantom set as PNG images, PNG label masks and a ``csv:`` manifest,
-or (``--cine``) four-chamber cine loops of normal hearts and hearts with a defect, one frame folder per clip."""
+or (``--cine``) four-chamber cine loops of normal hearts and hearts with a defect, one frame folder per clip,
+or (``--sweep``) probe sweeps through a standard plane whose best frame is known."""
 
 from __future__ import annotations
 
@@ -26,12 +27,15 @@ def sim_command(
         help="Share of patients with a heart defect, shown in their thorax views and named in those captions.",
     ),
     cine: bool = typer.Option(False, "--cine", help="Render --n four-chamber cine clips (labels chd / normal) instead."),
-    frames: int = typer.Option(16, "--frames", min=2, help="Frames per cine clip."),
+    frames: int = typer.Option(16, "--frames", min=2, help="Frames per cine clip or sweep."),
     defect: str = typer.Option("mixed", "--defect", help="Cine defects: hlhs, vsd or mixed."),
     clips_per_patient: int = typer.Option(2, "--clips-per-patient", min=1, help="Cine clips per synthetic patient."),
+    sweep: bool = typer.Option(False, "--sweep", help="Render --n probe sweeps through --plane (best frame known) instead."),
+    plane: str = typer.Option("brain", "--plane", help="The standard plane a --sweep passes through."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a folder that is not an earlier sim export."),
 ) -> None:
     """Render a phantom set that every command reads as csv:OUT/manifest.csv."""
+    from ..errors import FetalCLIPError
     from ..outputs import RunFolder, check_outputs
     from ..progress import progress_bar
 
@@ -40,11 +44,26 @@ def sim_command(
     age = f",ga={ga}" if ga.strip() else ""
     # An earlier export of the same kind (its info file, or the first file of an interrupted one) is
     # re-rendered in place, as it always was; any other folder must not already hold what an export writes.
+    if cine and sweep:
+        raise FetalCLIPError("--cine and --sweep exclude each other")
     if cine:
         info, media, first = "cine.json", ("clips",), "clips/000000/000.png"
+    elif sweep:
+        info, media, first = "sweep.json", ("sweeps",), "sweeps/000000/000.png"
     else:
         info, media, first = "sim.json", ("images", "masks"), "images/000000.png"
     check_outputs(folders=[RunFolder(out, writes=(*media, "manifest.csv", info), marks=(info, first))], overwrite=overwrite)
+    if sweep:
+        from ..sim.sweep import SweepConfig, write_sweeps
+
+        try:
+            config = SweepConfig(seed=seed, size=size, frames=frames, plane=plane)
+        except ValueError as exc:
+            raise FetalCLIPError(f"--sweep: {exc}") from None
+        summary = write_sweeps(n, config, out, progress=lambda it: progress_bar(it, total=n, desc="sweeps", unit="sweep"))
+        typer.echo(f"{n} sweeps of {frames} frames through the {plane} plane (best frame in manifest.csv)")
+        typer.echo(f"wrote {out / 'manifest.csv'} (read it as {summary['spec']}) and {out / 'sweep.json'}")
+        return
     if cine:
         from ..sim.cine import parse_cine_spec, write_cine
 
