@@ -13,7 +13,8 @@ post-hoc layers make it mean something, each fitted on labelled images of *some*
   the fitting patients' standard-plane images from non-standard ones: the dataset's own (FETAL_PLANES_DB's
   ``Other``) and synthetic junk (noise, blank and grey screens, gradients, stripes, checkerboards, blobs:
   outlier exposure, Hendrycks et al. 2019). Its threshold keeps ``accept`` of the fitting patients'
-  standard-plane images (95% by default). Similarity to the prompts or to the class means is not enough: a
+  standard-plane images (95% by default), scored out of fold (patient-grouped) so that it holds for images
+  the probe has not seen. Similarity to the prompts or to the class means is not enough: a
   small CLIP's embeddings lie in a narrow cone, and a phantom-trained ``fetalclip-tiny`` put pure noise
   *closer* to its class prompts and class centroids than real planes (measured: noise 0.75 cosine against a
   0.70 threshold; "cervix, 98%"). Without embeddings (``fit_calibration`` on logits alone) the score falls back
@@ -160,6 +161,21 @@ def fit_standardness_probe(positives: np.ndarray, negatives: np.ndarray) -> tupl
     probe = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit((x - mean) / scale, y)
     weights = probe.coef_[0] / scale
     return weights, float(probe.intercept_[0] - weights @ mean)
+
+
+def _out_of_fold_scores(positives: np.ndarray, patients: Sequence[str], negatives: np.ndarray, folds: int = 5) -> np.ndarray:
+    """Standardness scores of ``positives``, each from a probe fitted without its patient's images."""
+    from sklearn.model_selection import GroupKFold
+
+    k = min(folds, len(set(patients)))
+    if k < 2:
+        weights, bias = fit_standardness_probe(positives, negatives)
+        return positives @ weights + bias
+    scores = np.empty(len(positives))
+    for train, held in GroupKFold(n_splits=k).split(positives, groups=list(patients)):
+        weights, bias = fit_standardness_probe(positives[train], negatives)
+        scores[held] = positives[held] @ weights + bias
+    return scores
 
 
 def abstain_threshold(scores: np.ndarray, accept: float) -> float:
@@ -320,9 +336,14 @@ def fit_calibration(
             raise FetalCLIPError("the standardness probe needs non-standard examples ('other' images or junk)")
         weights, bias = fit_standardness_probe(features[fit_std], negatives)
         scores = features @ weights + bias
+        # The threshold comes from scores of standard images the probe did not see (patient-grouped folds of
+        # the fitting half): its own training images score too high, and a threshold set on them rejects
+        # more held-out standard images than ``accept`` allows.
+        threshold_scores = _out_of_fold_scores(features[fit_std], [records[i]["patient"] for i in fit_std], negatives)
     else:
         scores = standardness(logits)
-    abstain = abstain_threshold(scores[fit_std], accept)
+        threshold_scores = scores[fit_std]
+    abstain = abstain_threshold(threshold_scores, accept)
 
     before, after = softmax(logits[eval_std], 1.0), softmax(logits[eval_std], temperature)
     sets = prediction_sets(after, threshold)
