@@ -174,16 +174,9 @@ def _beside(out: Path, suffix: str, role: str) -> Path:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import csv
-    import io
+    from ..io import write_csv_atomic
 
-    from ..io import write_text_atomic
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["source"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
+    write_csv_atomic(path, list(rows[0]) if rows else ["source"], rows)
 
 
 def _write_plot(path: Path, pred_days, hc_mm, valid, hc_range, title: str) -> None:

@@ -17,8 +17,6 @@ The export is an ordinary ``csv:`` manifest whose ``path`` is a folder of frames
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..errors import FetalCLIPError
-from ..io import write_json_atomic, write_text_atomic
+from ..io import write_csv_atomic, write_json_atomic
 from .anatomy import HEART_DEFECTS, HeartState
 from .dataset import ga_days_of, save_png, split_spec
 from .render import RENDERER_VERSION, Plan, SimConfig, plan_sample, render_plan
@@ -194,10 +192,6 @@ def write_cine(
             "frames": str(config.frames),
             "pixel_spacing_mm": f"{frame_plan(config, clip, 0).spacing_mm:.6f}",
         })
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=CINE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
     counts: dict[str, int] = {}
     for row in rows:
         key = row["defect"] or NORMAL_LABEL
@@ -212,7 +206,7 @@ def write_cine(
         "spec": f"csv:{out / 'manifest.csv'}",
     }
     write_json_atomic(out / "cine.json", summary)
-    write_text_atomic(out / "manifest.csv", text.getvalue())
+    write_csv_atomic(out / "manifest.csv", CINE_COLUMNS, rows)
     return summary
 
 

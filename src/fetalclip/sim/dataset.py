@@ -21,8 +21,6 @@ Exported sets are ordinary files: ``manifest.csv`` reads back with ``csv:DIR/man
 from __future__ import annotations
 
 import copy
-import csv
-import io
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -34,7 +32,7 @@ from ..data.datasets import Record, SampleDataset
 from ..data.labels import canonical_label
 from ..data.sample import make_sample
 from ..errors import FetalCLIPError
-from ..io import atomic_path, write_json_atomic, write_text_atomic
+from ..io import atomic_path, write_csv_atomic, write_json_atomic
 from .render import RENDERER_VERSION, Plan, SimConfig, plan_sample, render_plan
 
 MANIFEST_COLUMNS = (
@@ -217,10 +215,6 @@ def write_phantom(
                 "finding": sample.get("finding") or "",
             }
         )
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
     summary = {
         "n": n,
         "renderer": RENDERER_VERSION,
@@ -232,7 +226,7 @@ def write_phantom(
         "spec": f"csv:{out / 'manifest.csv'}",
     }
     write_json_atomic(out / "sim.json", summary)
-    write_text_atomic(out / "manifest.csv", text.getvalue())
+    write_csv_atomic(out / "manifest.csv", MANIFEST_COLUMNS, rows)
     return summary
 
 

@@ -12,8 +12,6 @@ the standard-plane content of each frame rises and falls with a known peak.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,7 +80,7 @@ SWEEP_COLUMNS = ("path", "label", "best_frame", "frames", "pixel_spacing_mm")
 def write_sweeps(n: int, config: SweepConfig, out: str | Path, progress: Callable[[Iterable[int]], Iterable[int]] | None = None
                  ) -> dict[str, Any]:
     """Render ``n`` sweeps into ``out``: ``sweeps/NNNNNN/TTT.png``, ``manifest.csv`` (written last) and ``sweep.json``."""
-    from ..io import write_json_atomic, write_text_atomic
+    from ..io import write_csv_atomic, write_json_atomic
     from .dataset import save_png
     from .render import RENDERER_VERSION
 
@@ -96,13 +94,9 @@ def write_sweeps(n: int, config: SweepConfig, out: str | Path, progress: Callabl
             save_png(frame, out / folder / f"{t:03d}.png")
         rows.append({"path": folder, "label": sweep.plane, "best_frame": str(sweep.best_frame),
                      "frames": str(config.frames), "pixel_spacing_mm": f"{sweep.spacing_mm:.6f}"})
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
     summary = {"n": n, "renderer": RENDERER_VERSION, "config": asdict(config), "spec": f"csv:{out / 'manifest.csv'}"}
     write_json_atomic(out / "sweep.json", summary)
-    write_text_atomic(out / "manifest.csv", text.getvalue())
+    write_csv_atomic(out / "manifest.csv", SWEEP_COLUMNS, rows)
     return summary
 
 

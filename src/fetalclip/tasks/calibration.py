@@ -266,18 +266,6 @@ def load_calibration(path: str | os.PathLike, fingerprint: str | None = None) ->
     return calibration
 
 
-def encode_images(model: Any, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-    """Normalised embeddings ``[N, E]`` of in-memory images."""
-    import torch
-
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([model.preprocess(image) for image in images[start:start + batch_size]])
-            chunks.append(model.encode_image(batch, normalize=True).float().cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, model.embed_dim), np.float32)
-
-
 # -- fitting on a labelled dataset --------------------------------------------------------------------------
 NON_STANDARD = "other"
 
@@ -394,7 +382,7 @@ def calibrate_planes(
     """
     from .dataset_features import embed_dataset
     from .features import model_fingerprint
-    from .zeroshot import build_classifier, load_prompts, logits_from_features, record_target
+    from .zeroshot import build_classifier, encode_images, load_prompts, logits_from_features, record_target
 
     if not isinstance(prompts, Mapping):
         prompts = load_prompts(prompts, "planes")
@@ -410,7 +398,7 @@ def calibrate_planes(
     embedded = embed_dataset(model, dataset, keep, batch_size=batch_size, skip_bad=skip_bad, progress=progress,
                              desc="calibrate", cache=cache)
     records = [dataset.records[i] for i in embedded.indices]
-    junk = encode_images(model, junk_images(junk, seed), batch_size) if junk else None
+    junk = encode_images(model, junk_images(junk, seed), batch_size).numpy() if junk else None
     calibration = fit_calibration(
         logits_from_features(embedded.features, classifier), [targets[i] for i in embedded.indices],
         [r.get("patient") or r["source"] for r in records], classes, coverage=coverage, accept=accept, seed=seed,

@@ -32,7 +32,7 @@ from ..models.model import FetalCLIP
 from ..models.preprocess import ImageLike
 from .dataset_features import embed_dataset
 from .prefix_text import DEFAULT_MAX_ROWS, encode_prompt_grid
-from .zeroshot import LOGIT_SCALE, packaged_prompt_file, read_json_file
+from .zeroshot import LOGIT_SCALE, encode_images, packaged_prompt_file, read_json_file
 
 FIRST_DAY, LAST_DAY = 98, 272  # 14w0d .. 38w6d
 DAYS = range(FIRST_DAY, LAST_DAY + 1)
@@ -157,11 +157,7 @@ def score_days(
     ``images`` is a preprocessed batch or PIL images/arrays; ``spacings_224`` the mm per pixel of each
     image's 224-pixel model input; ``templates`` a list of templates, a JSON file, or ``None`` for ours.
     """
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        chunks.append(model.encode_image(batch if isinstance(batch, torch.Tensor) else list(batch), normalize=True).float().cpu())
-    features = torch.cat(chunks) if chunks else torch.zeros(0, model.embed_dim)
+    features = encode_images(model, images, batch_size)
     return score_features(model, features, spacings_224, templates, days, progress=progress, **options)
 
 

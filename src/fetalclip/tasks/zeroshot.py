@@ -120,6 +120,16 @@ def logits_from_features(image_features: torch.Tensor, classifier: torch.Tensor)
 
 
 @torch.inference_mode()
+def encode_images(model: FetalCLIP, images: torch.Tensor | Sequence[ImageLike], batch_size: int = 64) -> torch.Tensor:
+    """Normalised image embeddings ``[N, E]`` (float32, CPU) of a preprocessed batch or PIL images/arrays."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        chunks.append(model.encode_image(batch if isinstance(batch, torch.Tensor) else list(batch), normalize=True).float().cpu())
+    return torch.cat(chunks) if chunks else torch.zeros(0, model.embed_dim)
+
+
+@torch.inference_mode()
 def classify(
     model: FetalCLIP,
     images: torch.Tensor | Sequence[ImageLike],
@@ -127,13 +137,9 @@ def classify(
     batch_size: int = 64,
 ) -> np.ndarray:
     """Logits ``[N, C]`` (100 x cosine) of images (a preprocessed batch or PIL images/arrays)."""
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        chunks.append(model.encode_image(batch if isinstance(batch, torch.Tensor) else list(batch), normalize=True).float().cpu())
-    if not chunks:
+    if len(images) == 0:
         return np.zeros((0, classifier.shape[0]), dtype=np.float32)
-    return logits_from_features(torch.cat(chunks), classifier)
+    return logits_from_features(encode_images(model, images, batch_size), classifier)
 
 
 # -- datasets --------------------------------------------------------------------------------------------------
