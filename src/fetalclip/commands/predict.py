@@ -16,6 +16,7 @@ from .embed import MODEL_HELP
 
 CSV_COLUMNS = ("source", "plane", "probability", "calibrated", "prediction_set", "standard_plane", "brain_plane",
                "ga_weeks_days", "ga_days", "ga_range", "note")
+SWEEP_COLUMNS = ("source", "frames", "best_frames", "ga")
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -50,42 +51,68 @@ def predict_command(
     view: Optional[str] = typer.Option(None, "--view", help="The plane the scans show, if known (brain: always read sub-plane and GA)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Answers as .json (full) or .csv (one row per scan)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files (counted) instead of stopping."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Frames per encoder batch of a --sweep."),
     device: str = typer.Option("cpu", "--device"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Which plane, how sure, is it a standard plane, brain sub-plane and gestational age: per scan."""
-    import csv
-    import io
-
-    from ..errors import FetalCLIPError, ImageReadError
-    from ..io import write_json_atomic, write_text_atomic
-    from ..models import load
+    from ..errors import FetalCLIPError
     from ..outputs import check_outputs
-    from ..progress import progress_bar
-    from ..tasks.calibration import load_calibration
-    from ..tasks.features import model_fingerprint
-    from ..tasks.predictor import PREDICTION_SCHEMA, Predictor
 
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise FetalCLIPError(f"{out}: --out must end in .json or .csv")
-    if sweep:
-        return _sweeps(paths, model, calibration, spacing, out, skip_bad, batch_size, device, overwrite)
-    files = _expand(paths)
-    if not files:
+    items = paths if sweep else _expand(paths)
+    if not items:
         raise FetalCLIPError("no scans found in " + ", ".join(map(str, paths)))
-    check_outputs({"--out": out}, inputs=[*files, calibration], overwrite=overwrite)
+    check_outputs({"--out": out}, inputs=[*items, calibration], overwrite=overwrite)
+    net, predictor = _open_predictor(model, calibration, device)
+    if sweep:
+        answers, skipped = _each(items, lambda path: predictor.sweep(path, spacing_mm=spacing, batch_size=batch_size),
+                                 skip_bad, "sweep")
+        rows = _show_sweeps(answers)
+        key, columns = "sweeps", SWEEP_COLUMNS
+    else:
+        # One file at a time, so that --skip-bad can leave out exactly the file that does not read.
+        answers, skipped = _each(items, lambda path: predictor(path, spacing_mm=spacing, view=view), skip_bad, "scan")
+        rows = _show_scans(answers)
+        if predictor.calibration is None:
+            typer.echo("uncalibrated: probabilities are the raw zero-shot softmax (see `fetalclip calibrate`)")
+        key, columns = "predictions", CSV_COLUMNS
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} unreadable files (first: {skipped[0][0]}: {skipped[0][1]})", err=True)
+    if out is not None:
+        _write(out, {"model": net.name, "model_reference": model, "calibration": str(calibration) if calibration else None,
+                     key: [answer.to_dict() for answer in answers]}, skipped, columns, rows)
+
+
+def _open_predictor(model: str, calibration: Optional[Path], device: str):
+    """The model and a predictor with its calibration (refused when fitted for other weights)."""
+    from ..models import load
+    from ..tasks.calibration import load_calibration
+    from ..tasks.features import model_fingerprint
+    from ..tasks.predictor import Predictor
+
     net = load(model, device=device)
-    saved = load_calibration(calibration, model_fingerprint(net)) if calibration is not None else None
-    predictor = Predictor(net, saved)
+    return net, Predictor(net, load_calibration(calibration, model_fingerprint(net)) if calibration is not None else None)
+
+
+def _each(items: list[Path], answer, skip_bad: bool, unit: str) -> tuple[list, list[tuple[str, str]]]:
+    """``answer(item)`` for every item; with ``skip_bad`` unreadable ones are listed instead of stopping the run."""
+    from ..errors import ImageReadError
+    from ..progress import progress_bar
+
     answers, skipped = [], []
-    for path in progress_bar(files, desc="predict", unit="scan", disable=len(files) < 8):
+    for item in progress_bar(items, desc="predict", unit=unit, disable=len(items) < 8):
         try:
-            answers.extend(predictor.predict_many([path], [spacing], batch_size=batch_size, view=view))
+            answers.append(answer(item))
         except ImageReadError as exc:
             if not skip_bad:
                 raise
-            skipped.append((exc.path or str(path), exc.reason))
+            skipped.append((exc.path or str(item), exc.reason))
+    return answers, skipped
+
+
+def _show_scans(answers) -> list[dict[str, str]]:
     rows = [_row(answer) for answer in answers]
     typer.echo(f"{'scan':<36} {'plane':<10} {'p':>6} {'standard':>8} {'sub-plane':<18} {'GA':>7} {'range':<13}")
     for row in rows:
@@ -94,51 +121,12 @@ def predict_command(
                    f"{row['brain_plane']:<18} {row['ga_weeks_days']:>7} {row['ga_range']:<13}")
         if row["note"]:
             typer.echo(f"    {row['note']}")
-    if saved is None:
-        typer.echo("uncalibrated: probabilities are the raw zero-shot softmax (see `fetalclip calibrate`)")
-    if skipped:
-        typer.echo(f"skipped {len(skipped)} unreadable files (first: {skipped[0][0]}: {skipped[0][1]})", err=True)
-    if out is not None:
-        if out.suffix.lower() == ".json":
-            write_json_atomic(out, {"schema": PREDICTION_SCHEMA, "model": net.name, "model_reference": model,
-                                    "calibration": str(calibration) if calibration else None,
-                                    "predictions": [answer.to_dict() for answer in answers],
-                                    "skipped": [{"source": s, "reason": r} for s, r in skipped]})
-        else:
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            write_text_atomic(out, buffer.getvalue())
-        typer.echo(f"answers -> {out}")
+    return rows
 
 
-def _sweeps(paths, model, calibration, spacing, out, skip_bad, batch_size, device, overwrite) -> None:
-    """``--sweep``: one answer per sweep, its best frame per plane and the head answer of its best brain frame."""
-    import csv
-    import io
-
-    from ..errors import FetalCLIPError, ImageReadError
-    from ..io import write_json_atomic, write_text_atomic
-    from ..models import load
-    from ..outputs import check_outputs
-    from ..tasks.calibration import load_calibration
-    from ..tasks.features import model_fingerprint
-    from ..tasks.predictor import PREDICTION_SCHEMA, Predictor
-
-    if out is not None and out.suffix.lower() not in (".json", ".csv"):
-        raise FetalCLIPError(f"{out}: --out must end in .json or .csv")
-    check_outputs({"--out": out}, inputs=[*paths, calibration], overwrite=overwrite)
-    net = load(model, device=device)
-    predictor = Predictor(net, load_calibration(calibration, model_fingerprint(net)) if calibration is not None else None)
-    answers, skipped, rows = [], [], []
-    for path in paths:
-        try:
-            answers.append(predictor.sweep(path, spacing_mm=spacing, batch_size=batch_size))
-        except ImageReadError as exc:
-            if not skip_bad:
-                raise
-            skipped.append((exc.path or str(path), exc.reason))
+def _show_sweeps(answers) -> list[dict[str, str]]:
+    """One row per sweep: its best frame per plane and the GA of its best head frame."""
+    rows = []
     typer.echo(f"{'sweep':<36} {'frames':>6}  best frame per plane (probability)          GA at the best head frame")
     for answer in answers:
         best = "; ".join(f"{plane}@{b['frame']} ({b['probability']:.2f})" for plane, b in answer.best_frames.items())
@@ -146,20 +134,20 @@ def _sweeps(paths, model, calibration, spacing, out, skip_bad, batch_size, devic
         ga = (age.weeks_days or age.reason) if age is not None else ""
         rows.append({"source": answer.source, "frames": str(len(answer.frames)), "best_frames": best, "ga": ga or ""})
         typer.echo(f"{Path(answer.source).name[-36:]:<36} {len(answer.frames):>6}  {best or 'no standard frame':<43} {ga or ''}")
-    if skipped:
-        typer.echo(f"skipped {len(skipped)} unreadable sweeps (first: {skipped[0][0]}: {skipped[0][1]})", err=True)
-    if out is not None:
-        if out.suffix.lower() == ".json":
-            write_json_atomic(out, {"schema": PREDICTION_SCHEMA, "model": net.name, "model_reference": model,
-                                    "sweeps": [answer.to_dict() for answer in answers],
-                                    "skipped": [{"source": s, "reason": r} for s, r in skipped]})
-        else:
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=["source", "frames", "best_frames", "ga"], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            write_text_atomic(out, buffer.getvalue())
-        typer.echo(f"answers -> {out}")
+    return rows
+
+
+def _write(out: Path, document: dict, skipped: list[tuple[str, str]], columns, rows: list[dict[str, str]]) -> None:
+    """The full answers as JSON, or the table's rows as CSV, by ``out``'s suffix."""
+    from ..io import write_csv_atomic, write_json_atomic
+    from ..tasks.predictor import PREDICTION_SCHEMA
+
+    if out.suffix.lower() == ".json":
+        write_json_atomic(out, {"schema": PREDICTION_SCHEMA, **document,
+                                "skipped": [{"source": s, "reason": r} for s, r in skipped]})
+    else:
+        write_csv_atomic(out, columns, rows)
+    typer.echo(f"answers -> {out}")
 
 
 def register(app: typer.Typer) -> None:
