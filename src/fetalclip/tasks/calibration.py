@@ -207,9 +207,6 @@ class Calibration:
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits, self.temperature)
 
-    def sets(self, logits: np.ndarray) -> np.ndarray:
-        return prediction_sets(self.probabilities(logits), self.conformal_threshold)
-
     def standard_scores(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """The abstention score of each image (higher: more like a standard plane)."""
         if self.abstain_weights is None:
@@ -217,9 +214,6 @@ class Calibration:
         if features is None:
             raise FetalCLIPError("this calibration judges standard planes from image embeddings; pass them")
         return np.asarray(features, dtype=np.float64) @ np.asarray(self.abstain_weights) + self.abstain_bias
-
-    def is_standard(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
-        return self.standard_scores(logits, features) >= self.abstain_threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}

@@ -210,15 +210,15 @@ class Predictor:
         calibration = self.calibration
         probs = (calibration.probabilities(logits) if calibration is not None else softmax(logits))[0]
         best = int(probs.argmax())
+        score = calibration.standard_scores(logits, features) if calibration is not None else standardness(logits)
         answer = PlaneAnswer(self.classes[best], float(probs[best]), {c: float(p) for c, p in zip(self.classes, probs)},
-                             calibrated=calibration is not None, standard_score=float(standardness(logits)[0]))
+                             calibrated=calibration is not None, standard_score=float(score[0]))
         if calibration is None:
             answer.reason = "uncalibrated zero-shot softmax; `fetalclip calibrate` makes it a probability"
             return answer
         chosen = prediction_sets(probs[None], calibration.conformal_threshold)[0]
         answer.prediction_set = [c for c, keep in zip(self.classes, chosen) if keep]
         answer.coverage = calibration.coverage
-        answer.standard_score = float(calibration.standard_scores(logits, features)[0])
         answer.standard_plane = bool(answer.standard_score >= calibration.abstain_threshold)
         if not answer.standard_plane:
             answer.reason = (f"standard-plane score {answer.standard_score:.3f} is below the calibrated "
