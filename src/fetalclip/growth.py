@@ -38,6 +38,8 @@ WHO_HC_QUANTILES: tuple[float, ...] = tuple(sorted(WHO_HC_COEFFICIENTS))
 
 # The gestational ages the WHO study measured; the curves are extrapolations outside them.
 WHO_CHART_WEEKS = (14.0, 40.0)
+# The published protocol computes VPR over images whose reference HC lies in this range (mm).
+HC_RANGE_MM = (100.0, 342.0)
 
 # The inverse is tabulated over a span wider than the charts' 14-40 weeks so that extreme measurements map
 # to extreme (clipped) ages instead of failing; values outside are clipped to the span's ends.

@@ -28,7 +28,7 @@ caption, a GA prediction or a shard's JSON.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -75,6 +75,12 @@ def spacing_224(pixel_spacing_mm: float | None, height: int, width: int, size: i
     if spacing is None:
         return None
     return spacing * max(int(height), int(width)) / size
+
+
+def patient_id(record: Mapping[str, Any]) -> str:
+    """The id that splits keep together: the record's patient, else its source (an image is its own patient)."""
+    patient = record.get("patient")
+    return str(patient if patient not in (None, "") else record.get("source"))
 
 
 def make_sample(
