@@ -11,17 +11,18 @@ from PIL import Image
 
 from fetalclip.bench.tasks import (
     TASK_NAMES,
-    TASK_OPTIONS,
     TaskContext,
     TaskUnavailable,
-    cams_task,
-    default_prompt_set,
     default_registry,
-    embedding_map_task,
     feature_cache,
     protocol_options,
-    stratified_indices,
 )
+from fetalclip.tasks.maps import cam_prompts, default_prompt_set, project_2d, stratified_indices
+from fetalclip.tasks.result import TaskOptions
+
+# The figure tasks as the benchmark runs them (options from the context, results in the stored shape).
+cams_task = default_registry().get("cams").fn
+embedding_map_task = default_registry().get("embedding-map").fn
 from fetalclip.data.datasets import open_dataset
 from fetalclip.errors import FetalCLIPError
 
@@ -51,8 +52,9 @@ def test_registry_has_the_published_tasks_with_their_options(tmp_path, tiny_mode
     assert TASK_NAMES == tuple(PUBLISHED_TASKS + ["embedding-map", "cams"])
     assert registry.get("biometry-hc").higher_is_better is False
     assert registry.get("zeroshot-ga").published == {"FetalCLIP": 83.42, "CLIP ViT-L/14": 11.43}
-    for spec in registry:  # every task is connected (version >= 2) and declares the options it reads
-        assert spec.version >= 2 and spec.defaults == TASK_OPTIONS[spec.name]
+    for spec in registry:  # every task is connected (version >= 2), a task object with typed options
+        assert spec.version >= 2 and issubclass(spec.task.Options, TaskOptions)
+        assert spec.defaults == spec.task.Options.cpu().to_dict() and spec.task.Options.published().to_dict()
     # Head segmentation changed what it computes (whole head where masks label inner structures): new version.
     assert registry.get("segment-hc").version == registry.get("biometry-hc").version == 3
     biometry = registry.get("biometry-hc")
@@ -131,10 +133,9 @@ def test_tasks_without_the_data_they_need_are_unavailable(tmp_path, tiny_model, 
 
 
 def test_cam_prompts_are_the_zero_shot_prompts():
-    from fetalclip.bench.tasks import _cam_prompts
     from fetalclip.tasks.zeroshot import load_prompts
 
-    prompts = _cam_prompts(["brain", "thorax", "kneecap"])
+    prompts = cam_prompts(["brain", "thorax", "kneecap"])
     assert prompts["brain"] == load_prompts(task="planes")["brain"] and prompts["thorax"] == load_prompts(task="planes")["thorax"]
     assert prompts["kneecap"] == default_prompt_set(["kneecap"])["kneecap"]
 
@@ -150,10 +151,8 @@ def test_embedding_map_projects_every_selected_image(tmp_path, tiny_model, folde
 
 @pytest.mark.slow
 def test_embedding_map_uses_a_neighbourhood_method_for_larger_sets():
-    from fetalclip.bench.tasks import _project_2d
-
     features = np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
-    xy, method = _project_2d(features, seed=0)
+    xy, method = project_2d(features, seed=0)
     assert xy.shape == (40, 2) and method in ("umap", "t-sne")
 
 

@@ -44,8 +44,10 @@ def test_planes_table_and_json(fpdb_dir, tmp_path):
     assert "macro F1" in result.output and "95% CI" in result.output and "distractors offered: femur" in result.output
     assert "2 images without a planes label were left out" in result.output
     saved = json.loads(out.read_text())
-    assert saved["report"]["eval_labels"] == ["abdomen", "brain"] and len(saved["predictions"]) == 4
-    assert saved["metrics"]["zeroshot/planes/f1"] == pytest.approx(100 * saved["report"]["macro_f1"])
+    assert saved["details"]["classes_evaluated"] == ["abdomen", "brain"] and len(saved["rows"]) == 4
+    assert saved["schema_version"] == 1 and saved["task"] == "zeroshot-planes" and saved["metrics"]["macro_f1"]["unit"] == "%"
+    printed = float(result.output.split("macro F1 ")[1].split()[0])
+    assert saved["metrics"]["macro_f1"]["value"] == pytest.approx(printed, abs=0.005)  # the JSON is what was printed
     no_distractors = runner.invoke(app, [*args, "--no-distractors", "--n-bootstrap", "0"])
     assert no_distractors.exit_code == 0 and "distractors offered" not in no_distractors.output
 
@@ -62,7 +64,7 @@ def test_rows_left_out_are_reported_in_the_json(fpdb_dir, tmp_path):
     saved = json.loads(out.read_text())
     (left_out,) = saved["rows_left_out"].values()
     assert left_out["missing"]["count"] == 1 and "gone.png" in left_out["missing"]["first"]["source"]
-    assert left_out["duplicates"]["count"] == 1 and len(saved["predictions"]) == 4  # the repeat is not counted twice
+    assert left_out["duplicates"]["count"] == 1 and len(saved["rows"]) == 4  # the repeat is not counted twice
 
 
 def test_brain_sub_planes(fpdb_dir, tmp_path):
@@ -98,7 +100,7 @@ def test_ga_end_to_end_then_redecode_without_a_model(hc18_dir, tmp_path):
     assert (tmp_path / "ga.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = np.load(scores)
     assert data["scores"].shape == (3, 175) and data["hc_mm"].shape == (3,)
-    assert int(saved["metrics"]["zeroshot/ga/n"]) == 3
+    assert saved["details"]["n_images"] == 3 and [r["pred_ga_days"] for r in saved["rows"]] == [int(r["pred_ga_days"]) for r in rows]
 
     redo = runner.invoke(app, ["zeroshot", "ga", "--scores", str(scores), "--csv", str(tmp_path / "again.csv"), "--n-bootstrap", "50"])
     assert redo.exit_code == 0, redo.output

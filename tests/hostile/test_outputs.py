@@ -192,7 +192,7 @@ def test_zeroshot_ga_side_outputs_never_land_on_the_json(capsys, tmp_path, score
     code, _, err = run_cli(capsys, "zeroshot", "ga", "--scores", score_map, "-o", out, "--n-bootstrap", "0")
     assert code == 0, err
     saved = json.loads(out.read_text())  # OUT holds the JSON result, not the CSV or the plot
-    assert saved["task"] == "ga"
+    assert saved["task"] == "zeroshot-ga"
     assert (saved["csv"], saved["plot"]) == (str(tmp_path / csv_name), str(tmp_path / plot_name))
     assert (tmp_path / csv_name).read_text().startswith("source,")
     assert (tmp_path / plot_name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

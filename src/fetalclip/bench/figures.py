@@ -39,20 +39,30 @@ def _colours(count: int):
     return [palette(i % palette.N) for i in range(count)]
 
 
-def ga_scatter(pred_ga_days: Sequence[float], true_hc_mm: Sequence[float], title: str = "") -> bytes:
-    """Predicted gestational age against true head circumference over the WHO 2.5-97.5% band."""
-    pred = np.asarray(pred_ga_days, dtype=np.float64) / 7.0
-    hc = np.asarray(true_hc_mm, dtype=np.float64)
+def ga_scatter(pred_ga_days: Sequence[float], true_hc_mm: Sequence[float], title: str = "",
+               hc_range: tuple[float, float] | None = None) -> bytes:
+    """Predicted gestational age against true head circumference over the WHO 2.5-97.5% band.
+
+    With ``hc_range`` (the range VPR is computed over) points outside it are drawn grey as not scored; without it
+    every point is taken as scored (the benchmark passes only the scored ones).
+    """
+    from ..metrics import vpr_mask
+
+    days = np.asarray(pred_ga_days, dtype=np.float64)
+    pred, hc = days / 7.0, np.asarray(true_hc_mm, dtype=np.float64)
     weeks = np.linspace(14.0, 40.0, 261)
     figure = _figure(5.2, 4.0)
     axes = figure.add_subplot()
     axes.fill_between(weeks, who_hc(weeks * 7, 0.025), who_hc(weeks * 7, 0.975), color="#9ecae1", alpha=0.5,
                       label="WHO 2.5-97.5%")
     axes.plot(weeks, who_hc(weeks * 7, 0.5), color="#3182bd", lw=1.2, label="WHO median")
-    if pred.size:
-        inside = (hc >= who_hc(pred * 7, 0.025)) & (hc <= who_hc(pred * 7, 0.975))
-        axes.scatter(pred[inside], hc[inside], s=9, color="#31a354", label=f"within band ({inside.sum()})")
-        axes.scatter(pred[~inside], hc[~inside], s=9, color="#de2d26", label=f"outside ({(~inside).sum()})")
+    known = np.isfinite(hc)
+    scored = known if hc_range is None else known & (hc >= hc_range[0]) & (hc <= hc_range[1])
+    inside = vpr_mask(days, hc)
+    for mask, colour, label in ((scored & inside, "#31a354", "within band"), (scored & ~inside, "#de2d26", "outside"),
+                                (known & ~scored, "#969696", "HC outside the scored range")):
+        if mask.any() or label != "HC outside the scored range":
+            axes.scatter(pred[mask], hc[mask], s=9, color=colour, label=f"{label} ({int(mask.sum())})")
     axes.set_xlabel("predicted gestational age (weeks)")
     axes.set_ylabel("true head circumference (mm)")
     axes.set_title(title, fontsize=10)

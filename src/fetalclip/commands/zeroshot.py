@@ -38,62 +38,56 @@ def _classification(
     from rich.table import Table
 
     from ..data.datasets import open_dataset
-    from ..io import write_json_atomic
     from ..models import load
     from ..outputs import check_outputs, dataset_inputs
-    from ..tasks.zeroshot import load_prompts, named_metrics, predict, report
+    from ..tasks.zeroshot import load_prompts
+    from ..tasks.zeroshot_tasks import ZeroShotBrain, ZeroShotPlanes
 
     dataset = open_dataset(data)
     check_outputs({"--out": out}, inputs=[*dataset_inputs(dataset), prompts], overwrite=overwrite)
-    prompt_set = load_prompts(prompts, task)
+    load_prompts(prompts, task)  # a bad prompt file fails before the model loads
+    evaluation = (ZeroShotPlanes if task == "planes" else ZeroShotBrain)(
+        {"prompts": prompts, "distractors": distractors, "batch_size": batch_size, "skip_bad": skip_bad}
+    )
     net = load(model, device=device)
-    predictions = predict(net, dataset, task, prompt_set, distractors, batch_size=batch_size, skip_bad=skip_bad, progress=True)
-    result = report(predictions, n_bootstrap=n_bootstrap)
-    metrics = named_metrics(task, result)
+    result = evaluation.run(net, dataset, progress=True, n_bootstrap=n_bootstrap)
 
     table = Table("class", "images", "precision", "recall", "F1", title=f"zero-shot {task} ({net.name})")
-    for label, scores in result["per_class"].items():
-        table.add_row(label, str(scores["support"]), *(f"{100 * scores[k]:.2f}" for k in ("precision", "recall", "f1")))
-    console = Console(width=120)
-    console.print(table)
-    ci = result.get("macro_f1_ci")
-    ci_text = f" [95% CI {100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else ""
-    distractor_names = [c for c in predictions.classnames if c not in result["eval_labels"]]
+    for label, scores in result.details["per_class"].items():
+        table.add_row(label, str(scores["support"]), *(_percent_text(scores[k]) for k in ("precision", "recall", "f1")))
+    Console(width=120).print(table)
+    f1 = result.metrics["macro_f1"]
+    ci_text = f" [95% CI {f1.ci[0]:.2f}, {f1.ci[1]:.2f}]" if f1.ci else ""
+    evaluated = result.details["classes_evaluated"]
+    distractor_names = [c for c in result.details["classes_offered"] if c not in evaluated]
     typer.echo(
-        f"macro F1 {100 * result['macro_f1']:.2f}{ci_text} over {result['n']} images, {len(result['eval_labels'])} classes"
+        f"macro F1 {_percent_text(f1.value)}{ci_text} over {f1.n} images, {len(evaluated)} classes"
         + (f" (distractors offered: {', '.join(distractor_names)})" if distractor_names else "")
     )
-    if predictions.excluded:
-        typer.echo(f"{predictions.excluded} images without a {task} label were left out")
-    _report_skipped(predictions.skipped)
+    if result.details["excluded"]:
+        typer.echo(f"{result.details['excluded']} images without a {task} label were left out")
+    _report_skipped(result.skipped)
     if out is not None:
-        write_json_atomic(
-            out,
-            {
-                "task": task,
-                "model": net.name,
-                "model_reference": model,
-                "data": data,
-                "prompts": str(prompts) if prompts else "packaged",
-                "classes_offered": predictions.classnames,
-                "rows_left_out": dataset.rows_left_out(),
-                "metrics": metrics,
-                "report": result,
-                "excluded": predictions.excluded,
-                "skipped": [{"source": s, "reason": r} for s, r in predictions.skipped],
-                "predictions": [
-                    {"source": s, "true": t, "pred": p} for s, t, p in zip(predictions.sources, predictions.y_true, predictions.y_pred)
-                ],
-            },
-        )
-        typer.echo(f"wrote {out}")
+        _write_result(out, result, model=net.name, model_reference=model, data=data, rows_left_out=dataset.rows_left_out())
 
 
-def _report_skipped(skipped: list[tuple[str, str]]) -> None:
+def _percent_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _write_result(out: Path, result, **context: Any) -> None:
+    """The task's result (``TaskResult.to_dict``: metrics, rows, skipped, schema version) with the command's context."""
+    from ..io import write_json_atomic
+
+    write_json_atomic(out, {**result.to_dict(), **context})
+    typer.echo(f"wrote {out}")
+
+
+def _report_skipped(skipped: list[dict[str, str]]) -> None:
     if skipped:
         typer.echo(f"skipped {len(skipped)} images:", err=True)
-        for source, reason in skipped[:20]:
-            typer.echo(f"  {source}: {reason}", err=True)
+        for item in skipped[:20]:
+            typer.echo(f"  {item['source']}: {item['reason']}", err=True)
         if len(skipped) > 20:
             typer.echo(f"  ... and {len(skipped) - 20} more", err=True)
 
@@ -179,40 +173,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     write_csv_atomic(path, list(rows[0]) if rows else ["source"], rows)
 
 
-def _write_plot(path: Path, pred_days, hc_mm, valid, hc_range, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from ..growth import who_hc
-    from ..io import atomic_path
-
-    days = np.linspace(14 * 7, 40 * 7, 400)  # the ages the WHO study measured
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    ax.fill_between(days / 7, who_hc(days, 0.025), who_hc(days, 0.975), color="tab:blue", alpha=0.15, label="WHO 2.5-97.5%")
-    ax.plot(days / 7, who_hc(days, 0.5), color="tab:blue", lw=1, label="WHO median")
-    in_range = np.isfinite(hc_mm) & (hc_mm >= hc_range[0]) & (hc_mm <= hc_range[1])
-    weeks = np.asarray(pred_days, dtype=float) / 7
-    for mask, colour, label in (
-        (in_range & valid, "tab:green", "within band"),
-        (in_range & ~valid, "tab:red", "outside band"),
-        (np.isfinite(hc_mm) & ~in_range, "0.6", f"HC outside {hc_range[0]:g}-{hc_range[1]:g} mm (not scored)"),
-    ):
-        if mask.any():
-            ax.scatter(weeks[mask], hc_mm[mask], s=10, color=colour, label=f"{label} ({int(mask.sum())})", zorder=3)
-    ax.set_xlabel("predicted gestational age (weeks)")
-    ax.set_ylabel("true head circumference (mm)")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
 @zeroshot_app.command("ga")
 def ga_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
@@ -234,118 +194,100 @@ def ga_command(
     import numpy as np
 
     from ..errors import FetalCLIPError
-    from ..growth import ga_from_hc, hadlock_ga_from_hc
-    from ..io import save_npz_atomic, write_json_atomic
+    from ..io import save_npz_atomic
     from ..outputs import check_outputs, dataset_inputs
-    from ..tasks.gestational_age import decode_top_k_median, ga_metrics, in_band
+    from ..tasks.gestational_age import GAPredictions
+    from ..tasks.zeroshot_tasks import ZeroShotGA
 
     if out is not None:
         csv_path = csv_path or _beside(out, ".csv", "per-image")
         plot = plot or _beside(out, ".png", "scatter")
     outputs = {"--out": out, "--csv": csv_path, "--plot": plot}
+    evaluation = ZeroShotGA({"templates": templates, "top_k": top_k, "batch_size": batch_size, "skip_bad": skip_bad})
     if scores is not None:
         if model is not None or data is not None:
             raise FetalCLIPError("--scores re-decodes a saved map: give it without --model/--data")
         check_outputs(outputs, inputs=[scores], overwrite=overwrite)
         saved = _load_scores(scores)
-        model_name, skipped, left_out = None, [], {}  # the rows were left out when the scores were made
+        predictions = GAPredictions(sources=saved["sources"], spacing_224=saved["spacing_224"], hc_mm=saved["hc_mm"],
+                                    scores=saved["scores"], first_day=saved["first_day"])
+        result = evaluation.evaluate(predictions, n_bootstrap=n_bootstrap)
+        model_name, left_out = None, {}  # the rows were left out when the scores were made
     else:
         if model is None or data is None:
             raise FetalCLIPError("zeroshot ga needs --model and --data (or --scores FILE.npz)")
         from ..data.datasets import open_dataset
         from ..models import load
-        from ..tasks.gestational_age import load_templates, predict_ga
+        from ..tasks.gestational_age import load_templates
 
         dataset = open_dataset(data)
         left_out = dataset.rows_left_out()
         check_outputs({**outputs, "--save-scores": save_scores}, inputs=[*dataset_inputs(dataset), templates], overwrite=overwrite)
         template_list = load_templates(templates)
         net = load(model, device=device)
-        predictions = predict_ga(net, dataset, template_list, batch_size=batch_size, skip_bad=skip_bad, progress=True)
-        saved = {
-            "scores": predictions.scores,
-            "hc_mm": predictions.hc_mm,
-            "sources": predictions.sources,
-            "spacing_224": predictions.spacing_224,
-            "first_day": predictions.first_day,
-        }
-        model_name, skipped = net.name, predictions.skipped
-        if save_scores is not None:
+        model_name = net.name
+        if save_scores is None:
+            result = evaluation.run(net, dataset, progress=True, n_bootstrap=n_bootstrap)
+        else:  # the score map itself is wanted: predict once, keep it, and judge it with the same task
+            predictions = evaluation.predict(net, dataset, progress=True)
             save_npz_atomic(
                 save_scores,
-                scores=saved["scores"].astype(np.float32),
-                hc_mm=saved["hc_mm"],
-                sources=np.array(saved["sources"], dtype=str),
-                spacing_224=saved["spacing_224"],
-                first_day=np.array(saved["first_day"]),
+                scores=predictions.scores.astype(np.float32),
+                hc_mm=predictions.hc_mm,
+                sources=np.array(predictions.sources, dtype=str),
+                spacing_224=predictions.spacing_224,
+                first_day=np.array(predictions.first_day),
                 templates=np.array(template_list, dtype=str),
                 model=np.array(net.name),
             )
             typer.echo(f"wrote {save_scores}")
+            result = evaluation.evaluate(predictions, n_bootstrap=n_bootstrap)
 
-    if len(saved["scores"]) == 0:
-        raise FetalCLIPError("zeroshot ga: no images were scored")
-    if top_k > saved["scores"].shape[1]:
-        raise FetalCLIPError(f"--top-k {top_k} exceeds the {saved['scores'].shape[1]} days scored")
-    hc_range = (100.0, 342.0)
-    pred = decode_top_k_median(saved["scores"], top_k, saved["first_day"])
-    hc = saved["hc_mm"]
-    metrics = ga_metrics(pred, hc, hc_range=hc_range, n_bootstrap=n_bootstrap)
-    valid = in_band(pred, hc)
-    in_range = np.isfinite(hc) & (hc >= hc_range[0]) & (hc <= hc_range[1])
-
-    ci = f" [95% CI {metrics['zeroshot/ga/vpr_ci_low']:.2f}, {metrics['zeroshot/ga/vpr_ci_high']:.2f}]" if n_bootstrap else ""
-    typer.echo(
-        f"VPR {metrics['zeroshot/ga/vpr']:.2f}%{ci}: {int(metrics['zeroshot/ga/n_valid'])}/{int(metrics['zeroshot/ga/n_evaluated'])}"
-        f" images with HC in {hc_range[0]:g}-{hc_range[1]:g} mm within the WHO 2.5-97.5% band (top-{top_k} median, {len(pred)} images)"
-    )
-    typer.echo(f"mean |predicted - WHO-median age of true HC|: {metrics['zeroshot/ga/mae_days_vs_who_median']:.1f} days")
-    _report_skipped(skipped)
+    vpr, rows, hc_range = result.metrics["vpr"], result.rows, result.details["hc_range_mm"]
+    if vpr.n:
+        ci = f" [95% CI {vpr.ci[0]:.2f}, {vpr.ci[1]:.2f}]" if vpr.ci else ""
+        typer.echo(
+            f"VPR {vpr.value:.2f}%{ci}: {result.details['n_valid']}/{vpr.n} images with HC in {hc_range[0]:g}-{hc_range[1]:g} mm"
+            f" within the WHO 2.5-97.5% band (top-{top_k} median, {len(rows)} images)"
+        )
+        typer.echo(f"mean |predicted - WHO-median age of true HC|: {result.metrics['mae_days_vs_who_median'].value:.1f} days")
+    else:
+        typer.echo(f"ages predicted for {len(rows)} images; no VPR: {result.details['not_measured']}")
+    _report_skipped(result.skipped)
 
     if csv_path is not None:
-        who_median = ga_from_hc(hc)
-        hadlock = hadlock_ga_from_hc(hc)
-        rows = [
-            {
-                "source": saved["sources"][i],
-                "spacing_224_mm": f"{saved['spacing_224'][i]:.4f}",
-                "hc_mm": f"{hc[i]:.2f}",
-                "pred_ga_days": int(pred[i]),
-                "pred_ga": _format_ga(pred[i]),
-                "who_median_ga_days": f"{who_median[i]:.1f}" if np.isfinite(hc[i]) else "",
-                "hadlock_ga_days": f"{hadlock[i]:.1f}" if np.isfinite(hc[i]) else "",
-                "hc_in_range": int(in_range[i]),
-                "within_who_band": int(valid[i]),
-            }
-            for i in range(len(pred))
-        ]
-        _write_csv(csv_path, rows)
+        _write_csv(csv_path, [_csv_row(row) for row in rows])
         typer.echo(f"wrote {csv_path}")
     if plot is not None:
-        title = f"zero-shot GA ({model_name or scores.name}): VPR {metrics['zeroshot/ga/vpr']:.1f}%"
-        _write_plot(plot, pred, hc, valid, hc_range, title)
+        from ..bench.figures import ga_scatter
+        from ..io import write_bytes_atomic
+
+        title = f"zero-shot GA ({model_name or scores.name}): VPR " + ("-" if vpr.value is None else f"{vpr.value:.1f}%")
+        hc = np.array([np.nan if r["hc_mm"] is None else r["hc_mm"] for r in rows], dtype=np.float64)
+        write_bytes_atomic(plot, ga_scatter([r["pred_ga_days"] for r in rows], hc, title, hc_range=tuple(hc_range)))
         typer.echo(f"wrote {plot}")
     if out is not None:
-        write_json_atomic(
-            out,
-            {
-                "task": "ga",
-                "model": model_name,
-                "model_reference": model,
-                "data": data,
-                "scores_file": str(scores) if scores else None,
-                "templates": str(templates) if templates else "packaged",
-                "top_k": top_k,
-                "first_day": saved["first_day"],
-                "hc_range_mm": list(hc_range),
-                "metrics": metrics,
-                "csv": str(csv_path) if csv_path else None,
-                "plot": str(plot) if plot else None,
-                "skipped": [{"source": s, "reason": r} for s, r in skipped],
-                "rows_left_out": left_out,
-            },
-        )
-        typer.echo(f"wrote {out}")
+        _write_result(out, result, model=model_name, model_reference=model, data=data,
+                      scores_file=str(scores) if scores else None, csv=str(csv_path) if csv_path else None,
+                      plot=str(plot) if plot else None, rows_left_out=left_out)
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One per-image CSV line: the task's row, formatted for people (ages as weeks+days too)."""
+    def number(value: float | None, digits: int) -> str:
+        return "" if value is None else f"{value:.{digits}f}"
+
+    return {
+        "source": row["source"],
+        "spacing_224_mm": number(row["spacing_224_mm"], 4),
+        "hc_mm": number(row["hc_mm"], 2),
+        "pred_ga_days": row["pred_ga_days"],
+        "pred_ga": _format_ga(row["pred_ga_days"]),
+        "who_median_ga_days": number(row["who_median_ga_days"], 1),
+        "hadlock_ga_days": number(row["hadlock_ga_days"], 1),
+        "hc_in_range": int(row["hc_in_range"]),
+        "within_who_band": int(row["within_who_band"]),
+    }
 
 
 def register(app: typer.Typer) -> None:

@@ -157,13 +157,30 @@ class ZeroShotHook:
         return [i for i, r in enumerate(dataset.records) if record_target(r, task) not in (None, "other")]
 
     def __call__(self, model, step: int) -> dict[str, float]:
-        if self.task == "ga":
-            from ..tasks.gestational_age import evaluate_ga
+        from ..tasks.zeroshot_tasks import ZeroShotBrain, ZeroShotGA, ZeroShotPlanes
 
-            return evaluate_ga(model, self.dataset, n_bootstrap=0, batch_size=self.batch_size)
-        from ..tasks.zeroshot import evaluate_planes
+        evaluation = {"planes": ZeroShotPlanes, "brain": ZeroShotBrain, "ga": ZeroShotGA}[self.task]({"batch_size": self.batch_size})
+        return log_names(self.task, evaluation.run(model, self.dataset, progress=False, n_bootstrap=0))
 
-        return evaluate_planes(model, self.dataset, task=self.task, n_bootstrap=0, batch_size=self.batch_size)
+
+def log_names(task: str, result) -> dict[str, float]:
+    """A zero-shot ``TaskResult`` as the training log's flat ``zeroshot/<task>/...`` names (NaN: nothing measured)."""
+    def value(v):
+        return float("nan") if v is None else float(v)
+
+    prefix = f"zeroshot/{task}"
+    if task == "ga":
+        vpr = result.metrics["vpr"]
+        return {f"{prefix}/vpr": value(vpr.value), f"{prefix}/n_valid": float(result.details["n_valid"]),
+                f"{prefix}/n_evaluated": float(vpr.n), f"{prefix}/n": float(result.details["n_images"]),
+                f"{prefix}/mae_days_vs_who_median": value(result.metrics["mae_days_vs_who_median"].value)}
+    metrics = dict(result.metrics)
+    logged = {f"{prefix}/f1": value(metrics.pop("macro_f1").value)}
+    n = result.metrics["macro_f1"].n
+    logged.update({f"{prefix}/{name}": value(m.value) for name, m in metrics.items()})
+    logged[f"{prefix}/n"] = float(n)
+    logged.update({f"{prefix}/f1/{label}": value(row["f1"]) for label, row in result.details["per_class"].items()})
+    return logged
 
 
 def load_hook_factory(reference: str) -> Callable[[Any], EvalHook]:
