@@ -47,7 +47,7 @@ def main() -> int:
     n = min(args.images, len(dataset))
     samples = [dataset[i] for i in range(n)]
     images = [s["image"] for s in samples]
-    spacings = [spacing_224(s["pixel_spacing_mm"], im.shape[1], im.shape[0]) for s, im in zip(samples, images)]
+    spacings = [spacing_224(s["pixel_spacing_mm"], width=im.shape[1], height=im.shape[0]) for s, im in zip(samples, images)]
     k = min(args.baseline_images, n)
     print(f"model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, random weights), "
           f"torch threads {torch.get_num_threads()}, {len(templates)} templates x {len(DAYS)} days")

@@ -75,3 +75,18 @@ def test_inverse_curve_is_built_once_per_quantile():
     assert _inverse_curve.cache_info().misses == 2
     with pytest.raises(ValueError, match="quantile"):
         ga_from_hc(200.0, 0.33)
+
+
+def test_who_band_is_one_inclusive_test_between_the_published_quantiles():
+    from fetalclip.growth import WHO_HC_BAND, within_who_hc_band
+    from fetalclip.metrics import vpr_mask
+
+    days = np.array([140.0, 140.0, 140.0, 200.0, 200.0, 250.0])
+    low, high = who_hc(days, 0.025), who_hc(days, 0.975)
+    hc = np.array([low[0], high[1], np.nextafter(high[2], np.inf), np.nextafter(low[3], -np.inf), np.nan,
+                   who_hc(250.0, 0.5)])
+    expected = [True, True, False, False, False, True]
+    assert WHO_HC_BAND == (0.025, 0.975)
+    assert within_who_hc_band(days, hc).tolist() == expected
+    assert vpr_mask(days, hc).tolist() == expected  # the metric asks the same function
+    assert bool(within_who_hc_band(200.0, who_hc(200.0, 0.5))) is True  # scalars broadcast too

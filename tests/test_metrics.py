@@ -42,8 +42,10 @@ def test_vpr_counts_only_the_hc_range():
 
 def test_auroc_and_dice():
     assert auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
-    a = np.zeros((4, 4), bool); a[:2] = True
-    b = np.zeros((4, 4), bool); b[1:3] = True
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = np.zeros((4, 4), bool)
+    b[1:3] = True
     assert dice(a, b) == pytest.approx(0.5)
     assert dice(np.zeros(3), np.zeros(3)) == 1.0
     assert macro_f1(["x", "y"], ["x", "x"]) == pytest.approx((2 / 3 + 0) / 2)

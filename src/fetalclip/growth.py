@@ -40,6 +40,8 @@ WHO_HC_QUANTILES: tuple[float, ...] = tuple(sorted(WHO_HC_COEFFICIENTS))
 WHO_CHART_WEEKS = (14.0, 40.0)
 # The published protocol computes VPR over images whose reference HC lies in this range (mm).
 HC_RANGE_MM = (100.0, 342.0)
+# The normal band of the validity test: between these WHO quantiles, edges included.
+WHO_HC_BAND = (0.025, 0.975)
 
 # The inverse is tabulated over a span wider than the charts' 14-40 weeks so that extreme measurements map
 # to extreme (clipped) ages instead of failing; values outside are clipped to the span's ends.
@@ -108,6 +110,16 @@ def _inverse_curve(quantile: float) -> np.ndarray:
 def ga_from_hc(hc_mm: ArrayLike, quantile: float = 0.5) -> np.ndarray:
     """Gestational age (days) at which the WHO ``quantile`` curve reaches ``hc_mm``; clipped to 8-45 weeks."""
     return np.interp(np.asarray(hc_mm, dtype=np.float64), _inverse_curve(_quantile_key(quantile)), _GRID_WEEKS) * 7.0
+
+
+def within_who_hc_band(ga_days: ArrayLike, hc_mm: ArrayLike) -> np.ndarray:
+    """Per element: does ``hc_mm`` lie inside the WHO 2.5-97.5% band at ``ga_days``? (edges count; NaN is outside)
+
+    The one test behind VPR and every per-image "within the WHO band" flag. Arguments broadcast as numpy's do.
+    """
+    ga, hc = np.asarray(ga_days, dtype=np.float64), np.asarray(hc_mm, dtype=np.float64)
+    low, high = WHO_HC_BAND
+    return (hc >= who_hc(ga, low)) & (hc <= who_hc(ga, high))
 
 
 # -- Hadlock abdominal circumference and femur length --------------------------------------------------------

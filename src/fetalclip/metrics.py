@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .growth import who_hc
+from .growth import HC_RANGE_MM, within_who_hc_band
 
 
 def bootstrap_ci(
@@ -157,22 +157,24 @@ def classification_report(
 
 
 def vpr_mask(pred_ga_days: ArrayLike, true_hc_mm: ArrayLike) -> np.ndarray:
-    """Per image: does the true HC lie within the WHO 2.5-97.5% band at the predicted GA?"""
-    pred, hc = np.asarray(pred_ga_days, dtype=np.float64), np.asarray(true_hc_mm, dtype=np.float64)
-    return (hc >= who_hc(pred, 0.025)) & (hc <= who_hc(pred, 0.975))
+    """Per image: does the true HC lie within the WHO 2.5-97.5% band at the predicted GA?
+
+    The VPR spelling of ``growth.within_who_hc_band``, the one band test (this module adds no rule of its own).
+    """
+    return within_who_hc_band(pred_ga_days, true_hc_mm)
 
 
 def vpr(
     pred_ga_days: ArrayLike,
     true_hc_mm: ArrayLike,
-    hc_range: tuple[float, float] = (100.0, 342.0),
+    hc_range: tuple[float, float] = HC_RANGE_MM,
     n_bootstrap: int = 10_000,
     seed: int = 42,
 ) -> dict[str, Any]:
     """Validity prediction rate (in %) over images with true HC in ``hc_range``, with bootstrap CI."""
     pred, hc = np.asarray(pred_ga_days, dtype=np.float64), np.asarray(true_hc_mm, dtype=np.float64)
     in_range = (hc >= hc_range[0]) & (hc <= hc_range[1])
-    valid = vpr_mask(pred[in_range], hc[in_range])
+    valid = within_who_hc_band(pred[in_range], hc[in_range])
     rate = 100.0 * float(np.mean(valid)) if valid.size else float("nan")
     low, high = bootstrap_ci(lambda v: 100.0 * float(np.mean(v)), valid, n=n_bootstrap, seed=seed)
     return {"vpr": rate, "ci": [low, high], "n_valid": int(valid.sum()), "n_evaluated": int(valid.size), "n_total": int(len(hc))}
@@ -243,7 +245,9 @@ def mean_macro_f1_ci(
     return float(low), float(high)
 
 
-def dice_per_label(pred_masks: ArrayLike | Sequence[ArrayLike], true_masks: ArrayLike | Sequence[ArrayLike], labels: Sequence[int]) -> dict[int, float]:
+def dice_per_label(
+    pred_masks: ArrayLike | Sequence[ArrayLike], true_masks: ArrayLike | Sequence[ArrayLike], labels: Sequence[int]
+) -> dict[int, float]:
     """Dice per label pooled over every pixel of a set of label maps (images may differ in size)."""
     pairs = list(zip(pred_masks, true_masks))
     out = {}

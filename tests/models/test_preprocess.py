@@ -37,9 +37,9 @@ def test_square_images_are_not_padded():
 
 
 def test_spacing_224_arithmetic(preprocess, gray_image):
-    assert spacing_224(0.1, 800, 540) == pytest.approx(0.1 * 800 / 224)
-    assert spacing_224(0.2, 540, 800) == pytest.approx(0.2 * 800 / 224)
-    assert spacing_224(None, 800, 540) is None
+    assert spacing_224(0.1, width=800, height=540) == pytest.approx(0.1 * 800 / 224)
+    assert spacing_224(0.2, width=540, height=800) == pytest.approx(0.2 * 800 / 224)
+    assert spacing_224(None, width=800, height=540) is None
     tensor, spacing = preprocess.with_spacing(gray_image, 0.15)
     assert tensor.shape == (3, 224, 224)
     assert spacing == pytest.approx(0.15 * 181 / 224)
@@ -84,3 +84,19 @@ def test_bad_arrays_are_clear_errors(preprocess, bad):
 def test_tensors_are_refused(preprocess):
     with pytest.raises(TypeError, match="preprocessed"):
         preprocess(torch.zeros(3, 224, 224))
+
+
+def test_one_spacing_224_with_keyword_sizes():
+    from fetalclip.data import sample
+
+    assert spacing_224 is sample.spacing_224  # one rule, re-exported by the preprocessing
+    assert spacing_224(0.25, width=640, height=480, size=112) == 0.25 * 640 / 112
+    with pytest.raises(TypeError, match="width"):
+        spacing_224(0.25, height=480)  # both sizes are required
+    with pytest.raises(sample.InvalidValueError, match="pixel_spacing_mm"):
+        spacing_224(0.0, width=640, height=480)
+
+
+def test_spacing_224_sizes_are_keywords_only():
+    with pytest.raises(TypeError):
+        spacing_224(0.1, 540, 800)  # which is the width? the signature refuses to guess

@@ -114,7 +114,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, pairs_spec):
 
     run = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, "-m", "fetalclip.train", *_command(run, pairs_spec, steps, ["--save-every", "2"])],
+        [sys.executable, "-m", "fetalclip", "train", *_command(run, pairs_spec, steps, ["--save-every", "2"])],
         env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 240
@@ -128,7 +128,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, pairs_spec):
     assert 2 <= killed_at < steps and not (run / "model").exists()
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "fetalclip.train", *_command(run, pairs_spec, steps, ["--save-every", "2", "--resume"])],
+        [sys.executable, "-m", "fetalclip", "train", *_command(run, pairs_spec, steps, ["--save-every", "2", "--resume"])],
         env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
@@ -146,7 +146,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path, pairs_spec):
     run = tmp_path / "ddp"
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "fetalclip.train", *_command(run, pairs_spec, steps, ["--set", "holdout_fraction=0.25", "--eval-every", "2"])],
+         "-m", "fetalclip", "train", *_command(run, pairs_spec, steps, ["--set", "holdout_fraction=0.25", "--eval-every", "2"])],
         env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]

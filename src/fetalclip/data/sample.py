@@ -69,8 +69,13 @@ def positive_finite(value: Any, field: str) -> float | None:
     return number
 
 
-def spacing_224(pixel_spacing_mm: float | None, height: int, width: int, size: int = MODEL_INPUT_SIZE) -> float | None:
-    """mm per pixel of the ``size`` x ``size`` model input made by zero-padding to a square and resizing."""
+def spacing_224(pixel_spacing_mm: float | None, *, width: int, height: int, size: int = MODEL_INPUT_SIZE) -> float | None:
+    """mm per pixel of the ``size`` x ``size`` model input made by zero-padding to a square and resizing.
+
+    ``pixel_spacing_mm * max(width, height) / size``; ``None`` stays ``None``, and a spacing that is not a
+    positive, finite number is an ``InvalidValueError``. ``width`` and ``height`` are keyword-only because this
+    rule once existed twice, with them in opposite orders.
+    """
     spacing = positive_finite(pixel_spacing_mm, "pixel_spacing_mm")
     if spacing is None:
         return None
@@ -116,7 +121,7 @@ def make_sample(
         "source": str(source),
         "frame_index": None if frame_index is None else int(frame_index),
         "pixel_spacing_mm": spacing,
-        "pixel_spacing_224_mm": spacing_224(spacing, image.shape[0], image.shape[1]),
+        "pixel_spacing_224_mm": spacing_224(spacing, width=image.shape[1], height=image.shape[0]),
         "label": label,
         "patient": None if patient is None else str(patient),
         "metadata": dict(metadata or {}),

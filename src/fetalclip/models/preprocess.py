@@ -4,7 +4,8 @@ The published pipeline zero-pads an image to a centred square (``left=(side-W)//
 resizes it to 224x224 with PIL's bicubic filter and normalises with the OpenAI CLIP mean/std. We keep every
 step on PIL and torchvision's functional ops, so the tensor is bit-identical to open_clip's own eval
 transform applied to the padded image. Because padding changes the field of view, the mm-per-pixel of the
-model input is ``spacing * max(W, H) / 224``; measurement tasks and the gestational-age prompts need it.
+model input is ``spacing * max(W, H) / 224`` (``fetalclip.data.sample.spacing_224``, the one rule); measurement
+tasks and the gestational-age prompts need it.
 
 Inputs may be PIL images of any mode or numpy arrays (HxW, HxWx1, HxWx3, HxWx4; uint8, uint16, bool or
 float). Integer data wider than 8 bits is scaled from its full type range (uint16 65535 -> 255); float data is
@@ -21,6 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
+
+# The one spacing rule lives with the sample dictionary (the data layer, which imports no torch); it is
+# re-exported here because the model's preprocessing is where the padding it accounts for happens.
+from ..data.sample import spacing_224
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -112,13 +117,6 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     return canvas
 
 
-def spacing_224(spacing_mm: float | None, width: int, height: int, image_size: int = 224) -> float | None:
-    """mm per pixel of the model input after square padding and resizing; ``None`` stays ``None``."""
-    if spacing_mm is None:
-        return None
-    return float(spacing_mm) * max(width, height) / image_size
-
-
 class Preprocessor:
     """Callable turning one image (PIL or array) into a normalised ``[3, S, S]`` float tensor."""
 
@@ -147,7 +145,7 @@ class Preprocessor:
     def with_spacing(self, image: ImageLike, spacing_mm: float | None) -> tuple[torch.Tensor, float | None]:
         """The model input and its mm per pixel (``None`` when the original spacing is unknown)."""
         width, height = _size_of(image)
-        return self(image), spacing_224(spacing_mm, width, height, self.config.image_size)
+        return self(image), spacing_224(spacing_mm, width=width, height=height, size=self.config.image_size)
 
     def batch(self, images: Sequence[ImageLike]) -> torch.Tensor:
         return torch.stack([self(image) for image in images])

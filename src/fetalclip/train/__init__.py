@@ -3,7 +3,7 @@
 Modules: ``config`` (the recipe), ``distributed`` (reads torchrun's environment), ``data`` and ``shards``
 (image-text pairs in a seeded, resumable order), ``modeling`` (start model, ``--init``), ``optim``,
 ``schedule``, ``checkpointing``, ``hooks`` (evaluation callables), ``runlog`` and ``loop``.
-``python -m fetalclip.train`` / ``torchrun -m fetalclip.train`` is the ``fetalclip train`` command.
+``torchrun -m fetalclip train`` (the package's ``__main__``) is the ``fetalclip train`` command.
 """
 
 from .config import TrainConfig, make_config

@@ -1,21 +1,28 @@
-"""The one place that reads the distributed environment, so the same code runs as ``python`` or ``torchrun``.
+"""The process group of a training run, so the same code runs as ``python`` or ``torchrun``.
 
-``init_distributed`` looks at the variables torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-``MASTER_ADDR``/``MASTER_PORT`` for its rendezvous); without them it returns a single-process context and
-touches nothing. Multi-node needs no extra code: torchrun's usual rendezvous fills the same variables.
-The backend follows the device (nccl on GPUs, gloo on CPU), which is the only combination that works well.
+``init_distributed`` asks ``fetalclip.torchrun.torchrun_env`` (the one reader of the variables torchrun sets:
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; ``MASTER_ADDR``/``MASTER_PORT`` reach torch's own rendezvous) and,
+without them, returns a single-process context and touches nothing. ``TorchrunEnv``/``torchrun_env`` are
+re-exported here for code that already imports the training side. Multi-node needs no extra code: torchrun's
+usual rendezvous fills the same variables. The backend follows the device (nccl on GPUs, gloo on CPU), which is
+the only combination that works well.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from ..errors import FetalCLIPError
+from ..torchrun import TorchrunEnv, torchrun_env
+
+__all__ = [
+    "DistContext", "TorchrunEnv", "barrier", "broadcast_object", "gather_objects", "init_distributed", "mean_across",
+    "shutdown_distributed", "torchrun_env",
+]
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,8 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistCon
     ``device``: ``auto`` (the local GPU when CUDA is available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     Under torchrun each process takes GPU ``LOCAL_RANK``.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    launch = torchrun_env()
+    world_size, local_rank = launch.world_size, launch.local_rank
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
