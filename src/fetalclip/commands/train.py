@@ -1,6 +1,6 @@
 """``fetalclip train``: contrastive pretraining from a recipe file plus command-line overrides.
 
-The same command runs under torchrun (``torchrun --nproc-per-node N -m fetalclip.train ...``); only the main
+The same command runs under torchrun (``torchrun --nproc-per-node N -m fetalclip train ...``); only the main
 process prints.
 """
 
@@ -34,7 +34,6 @@ def train_command(
 ) -> None:
     """Pretrain (or continue pretraining) a fetalclip model contrastively."""
     import math
-    import os
 
     from ..train import make_config, train
     from ..train.config import parse_assignment
@@ -51,7 +50,9 @@ def train_command(
     recipe = make_config(config, settings)
     result = train(recipe, out, resume=resume, restart=restart)
 
-    if int(os.environ.get("RANK", "0")) != 0:
+    from ..torchrun import torchrun_env
+
+    if not torchrun_env().is_main:
         return
     first = result.losses[0] if result.losses else math.nan
     last = result.losses[-1] if result.losses else math.nan

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FetalCLIPError
-from ..growth import ga_from_hc
-from ..metrics import vpr, vpr_mask
+from ..growth import HC_RANGE_MM, ga_from_hc
+from ..metrics import vpr
 from ..models.model import FetalCLIP
 from ..models.preprocess import ImageLike
 from .dataset_features import embed_dataset
@@ -268,7 +268,7 @@ def predict_ga(
 def ga_metrics(
     pred_days: np.ndarray,
     hc_mm: np.ndarray,
-    hc_range: tuple[float, float] = (100.0, 342.0),
+    hc_range: tuple[float, float] = HC_RANGE_MM,
     n_bootstrap: int = 10_000,
     seed: int = 42,
 ) -> dict[str, float]:
@@ -303,8 +303,3 @@ def evaluate_ga(
     """Zero-shot GA as named metrics (``zeroshot/ga/vpr`` in percent, ...); ``options`` go to ``predict_ga``."""
     predictions = predict_ga(model, dataset, templates, **options)
     return ga_metrics(predictions.predicted_days(top_k), predictions.hc_mm, n_bootstrap=n_bootstrap)
-
-
-def in_band(pred_days: np.ndarray, hc_mm: np.ndarray) -> np.ndarray:
-    """Per image: is the true HC within the WHO 2.5-97.5% band at the predicted age (NaN HC -> False)."""
-    return vpr_mask(pred_days, hc_mm)
