@@ -8,10 +8,17 @@ import json
 import numpy as np
 import pytest
 
+from fetalclip.data.splits import IndexSplits as Splits
+from fetalclip.data.splits import assert_patient_disjoint
+from fetalclip.data.splits import index_splits as make_splits
 from fetalclip.errors import FetalCLIPError
 from fetalclip.metrics import bootstrap_ci, macro_f1, mean_macro_f1_ci
-from fetalclip.tasks.probe import ProbeData, run_classification, run_fewshot, train_linear_heads
-from fetalclip.tasks.probe_splits import Splits, assert_patient_disjoint, make_splits
+from fetalclip.tasks.probe import ProbeData, ProbeRecipe, fewshot_curve, linear_probe, train_linear_heads
+
+
+def run_classification(data, test=None, *, seed=0, n_bootstrap=10_000, **recipe):
+    """The report of ``linear_probe`` with the recipe given as keywords (as these tests were written)."""
+    return linear_probe(data, ProbeRecipe(**recipe), test, seed=seed, n_bootstrap=n_bootstrap).report
 
 
 def synthetic_probe(n_patients=40, per_patient=3, classes=("a", "b", "c"), dim=16, noise=0.6, seed=0):
@@ -77,20 +84,20 @@ def test_fpdb_splits_do_not_leak_patients(fpdb_dir):
 
 def test_linear_heads_learn_and_grid_trains_in_one_pass():
     data = synthetic_probe()
-    x, y = data.x, np.array([{"a": 0, "b": 1, "c": 2}[l] for l in data.labels])
-    heads = train_linear_heads(x[:90], y[:90], x[90:], y[90:], 3, grid=[(3e-4, 0.01), (3e-2, 0.01)], epochs=30, seed=1)
+    x, y = data.x, np.array([{"a": 0, "b": 1, "c": 2}[label] for label in data.labels])
+    heads = train_linear_heads(x[:90], y[:90], x[90:], y[90:], 3, ProbeRecipe(grid=[(3e-4, 0.01), (3e-2, 0.01)], epochs=30), seed=1)
     assert len(heads) == 2
     assert heads[1].val_loss < heads[0].val_loss  # the larger learning rate gets further in 30 epochs
     assert np.mean(heads[1].predict(x[90:]) == y[90:]) > 0.9
-    again = train_linear_heads(x[:90], y[:90], x[90:], y[90:], 3, grid=[(3e-2, 0.01)], epochs=30, seed=1)[0]
+    again = train_linear_heads(x[:90], y[:90], x[90:], y[90:], 3, ProbeRecipe(grid=[(3e-2, 0.01)], epochs=30), seed=1)[0]
     np.testing.assert_allclose(again.weight, heads[1].weight, atol=1e-6)  # one grid point alone = same head
 
 
 def test_standardize_folds_into_a_plain_linear_head():
     data = synthetic_probe()
     x = data.x * 1e-3 + 5.0  # nearly constant features, as a random encoder gives
-    y = np.array([{"a": 0, "b": 1, "c": 2}[l] for l in data.labels])
-    head = train_linear_heads(x[:90], y[:90], x[90:], y[90:], 3, grid=[(3e-2, 0.01)], epochs=30, standardize=True)[0]
+    y = np.array([{"a": 0, "b": 1, "c": 2}[label] for label in data.labels])
+    head = train_linear_heads(x[:90], y[:90], x[90:], y[90:], 3, ProbeRecipe(grid=[(3e-2, 0.01)], epochs=30, standardize=True))[0]
     assert np.mean(head.predict(x[90:]) == y[90:]) > 0.9
 
 
@@ -138,7 +145,7 @@ def test_classification_failure_modes():
 
 def test_fewshot_curve_rises_and_skips_sizes_that_do_not_fit():
     data = synthetic_probe(n_patients=40, noise=1.2)
-    result = run_fewshot(data, sizes=(1, 8, 64), support_sets=3, runs=1, epochs=30, lr=3e-2)
+    result = fewshot_curve(data, ProbeRecipe(runs=1, epochs=30, lr=3e-2), sizes=(1, 8, 64), support_sets=3)
     assert result["skipped_sizes"] == [64]
     curve = {row["n_patients"]: row["macro_f1_mean"] for row in result["curve"]}
     assert curve[8] > curve[1]

@@ -16,7 +16,8 @@ from PIL import Image
 from fetalclip.data.datasets import open_dataset
 from fetalclip.errors import FetalCLIPError
 from fetalclip.tasks.features import FeatureCache
-from fetalclip.tasks.probe_clips import binary_targets, clip_features, even_indices, list_clip_frames, run_clip_probe
+from fetalclip.tasks.probe_clips import binary_targets, clip_features, clip_probe, even_indices, list_clip_frames
+from fetalclip.tasks.probe_recipe import ProbeRecipe
 
 FRAMES = 4
 
@@ -85,8 +86,8 @@ def test_clip_probe_learns_temporal_order_and_reuses_the_cache(tmp_path, tiny_mo
     assert cache.encoded <= 21 + 32  # identical frames (21 distinct) are encoded at most once per batch of 32
     labels = [r["label"] for r in clips.records]
     patients = [r["patient"] for r in clips.records]
-    result = run_clip_probe(x, labels, patients, folds=3, runs=2, lr=1e-2, epochs=40, standardize=True,
-                            positive="chd", n_bootstrap=200)
+    result = clip_probe(x, labels, patients, ProbeRecipe(folds=3, runs=2, lr=1e-2, epochs=40, standardize=True),
+                        positive="chd", n_bootstrap=200).report
     assert result["auroc_pooled"] > 0.9 and result["auroc_mean"] > 0.85
     assert len(result["heads"]) == 6 and result["auroc_pooled_ci"][0] <= result["auroc_pooled"]
     # The mean over frames is identical for both classes: a probe on it cannot beat chance by much.
@@ -115,7 +116,7 @@ def test_clips_cli_runs_with_a_fixed_seed(tmp_path, capsys):
 def test_clip_folds_and_inner_holdouts_hold_both_classes():
     """Folds of a small, case-poor set each get their share of cases (stratified), and so does the inner
     hold-out that picks a head's epoch; patients never straddle either split."""
-    from fetalclip.tasks.probe_splits import cross_validation_parts, patient_holdout
+    from fetalclip.data.splits import cross_validation_parts, patient_holdout
 
     patients = [f"p{i // 2}" for i in range(60)]  # 30 patients, two clips each
     y = np.array([int(int(p[1:]) % 3 == 0) for p in patients])  # every third patient is a case: 10 of 30

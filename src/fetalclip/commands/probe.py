@@ -1,4 +1,9 @@
-"""``fetalclip probe classify|fewshot|clips|segment``: frozen-encoder probes with cached features."""
+"""``fetalclip probe classify|fewshot|clips|segment``: frozen-encoder probes with cached features.
+
+The commands only open data, build one ``ProbeRecipe`` from their options (checked before any model loads),
+call the probe runners of ``fetalclip.tasks`` and render what comes back; ``--save-head`` keeps the trained head
+(``tasks.heads``) for prediction.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from ..outputs import OVERWRITE_HELP
 
 MODEL_HELP = "Registered model name, checkpoint folder, published .pt file or hf-hub: reference."
 CACHE_HELP = "Feature cache folder ('none' disables it). Default: $FETALCLIP_CACHE or ~/.cache/fetalclip/features."
+SAVE_HEAD_HELP = ("Keep the head with the lowest validation loss as one .safetensors file (bound to this encoder's "
+                  "weights), for prediction.")
 
 probe_app = typer.Typer(help="Frozen-encoder probes: linear, few-shot, clip-level detection, segmentation.", no_args_is_help=True)
 
@@ -114,6 +121,24 @@ def _provenance(net, cache, **extra) -> dict:
     return {"model": net.name, "model_fingerprint": cache.fingerprint, "encoded_this_run": cache.encoded, **extra}
 
 
+def _model_reference(model: str) -> str:
+    """How to load the model again: its registered name, or the resolved path of a checkpoint."""
+    return model if not Path(model).expanduser().exists() else str(Path(model).expanduser().resolve())
+
+
+def _save_head(path: Optional[Path], trained, *, name: str, input: str, classes, net, cache, embed_dim: int,
+               frames: Optional[int] = None, **info) -> None:
+    """Write the probe's best head to ``path`` (nothing when ``path`` is None)."""
+    if path is None:
+        return
+    from ..tasks.heads import head_from_probe, save_head
+
+    head = head_from_probe(trained, name=name, input=input, classes=classes, encoder_name=net.name,
+                           fingerprint=cache.fingerprint, embed_dim=embed_dim, frames=frames, info=info)
+    save_head(head, path)
+    typer.echo(f"head {name!r} -> {path}")
+
+
 # -- classify ----------------------------------------------------------------------------------------------------
 def classify_command(
     data: str = typer.Option(..., "--data", "-d", help="Dataset spec (fpdb:DIR, csv:FILE, folder:DIR, ...)."),
@@ -134,20 +159,24 @@ def classify_command(
     seed: int = typer.Option(0, "--seed"),
     cache: Optional[str] = typer.Option(None, "--cache", help=CACHE_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Result JSON."),
+    save_head: Optional[Path] = typer.Option(None, "--save-head", help=SAVE_HEAD_HELP),
+    head_name: Optional[str] = typer.Option(None, "--head-name", help="Name of the saved head (default: the --label field)."),
     encode_batch: int = typer.Option(32, "--encode-batch", min=1),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
     device: str = typer.Option("cpu", "--device"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Linear probe: patient-level folds x runs, macro F1 (mean, SD, CI) and per-class F1 on a held-out test split."""
-    from ..tasks.probe import run_classification
+    from ..tasks.probe import ProbeRecipe, linear_probe
 
+    recipe = ProbeRecipe(lr=lr, weight_decay=weight_decay, grid=parse_grid(grid, lr, weight_decay), epochs=epochs,
+                         batch_size=batch_size, folds=folds, runs=runs, standardize=standardize)
     net, feature_cache, key, train_data, test_data, left_out = _labelled_inputs(
         model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed,
-        {"--out": out}, overwrite,
+        {"--out": out, "--save-head": save_head}, overwrite,
     )
-    result = run_classification(train_data, test_data, folds=folds, runs=runs, seed=seed, grid=parse_grid(grid, lr, weight_decay),
-                                epochs=epochs, batch_size=batch_size, standardize=standardize, progress=True)
+    run = linear_probe(train_data, recipe, test_data, seed=seed, progress=True)
+    result = run.report
     result.update(data=data, test=test, label=key, provenance=_provenance(net, feature_cache), rows_left_out=left_out)
     ci = result["macro_f1_ci"]
     typer.echo(f"linear probe {net.name} on {data} ({result['heads']} heads, test n={result['n_test']}, {result['test_source']})")
@@ -156,6 +185,9 @@ def classify_command(
     for name, row in result["per_class"].items():
         typer.echo(f"  {name:<20} F1 {100 * row['f1_mean']:6.2f} +- {100 * row['f1_sd']:5.2f}  (n={row['support']})")
     typer.echo(f"  encoded {feature_cache.encoded} images this run")
+    _save_head(save_head, run.head, name=head_name or label, input="image", classes=result["classes"], net=net,
+               cache=feature_cache, embed_dim=train_data.x.shape[1], model=_model_reference(model), data=data, label=key,
+               recipe=recipe.to_dict(), augment=augment, seed=seed)
     _write(out, result)
 
 
@@ -192,15 +224,15 @@ def fewshot_command(
     import io
 
     from ..io import write_json_atomic, write_text_atomic
-    from ..tasks.probe import plot_curve, run_fewshot
+    from ..tasks.probe import ProbeRecipe, fewshot_curve, plot_curve
 
+    recipe = ProbeRecipe(lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, runs=runs, standardize=standardize)
     net, feature_cache, key, train_data, test_data, left_out = _labelled_inputs(
         model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed,
         {f"--out-dir ({name})": out_dir / name for name in FEWSHOT_FILES}, overwrite,
     )
-    result = run_fewshot(train_data, test_data, sizes=parse_ints(sizes, "--sizes"), support_sets=support_sets, runs=runs,
-                         seed=seed, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
-                         standardize=standardize, progress=True)
+    result = fewshot_curve(train_data, recipe, test_data, sizes=parse_ints(sizes, "--sizes"), support_sets=support_sets,
+                           seed=seed, progress=True)
     result.update(data=data, test=test, label=key, provenance=_provenance(net, feature_cache), rows_left_out=left_out)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["n_patients", "macro_f1_mean", "macro_f1_sd", "n"])
@@ -236,15 +268,21 @@ def clips_command(
     seed: int = typer.Option(0, "--seed"),
     cache: Optional[str] = typer.Option(None, "--cache", help=CACHE_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o"),
+    save_head: Optional[Path] = typer.Option(None, "--save-head", help=SAVE_HEAD_HELP),
+    head_name: Optional[str] = typer.Option(None, "--head-name", help="Name of the saved head (default: the positive class)."),
     encode_batch: int = typer.Option(32, "--encode-batch", min=1),
     device: str = typer.Option("cpu", "--device"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Clip-level binary detection: frame embeddings concatenated in order -> one linear layer; AUROC over folds x runs."""
     from ..data.datasets import open_dataset
+    from ..data.sample import patient_id
     from ..errors import FetalCLIPError
-    from ..tasks.probe_clips import clip_features, run_clip_probe
+    from ..tasks.probe_clips import clip_features, clip_probe
+    from ..tasks.probe_recipe import ProbeRecipe
 
+    recipe = ProbeRecipe(lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, folds=folds, runs=runs,
+                         standardize=standardize)
     clips = open_dataset(data)
     if clips.missing:
         raise FetalCLIPError(f"{data}: {len(clips.missing)} clips are missing, e.g. {clips.missing[0][0]}")
@@ -252,15 +290,14 @@ def clips_command(
     if any(label is None for label in labels):
         raise FetalCLIPError(f"{data}: every clip needs a label")
     test_clips = open_dataset(test) if test else None
-    _guard({"--out": out}, [clips, test_clips], overwrite)
+    _guard({"--out": out, "--save-head": save_head}, [clips, test_clips], overwrite)
     net, feature_cache = _setup(model, cache, device, encode_batch, False)
     x = clip_features(feature_cache, clips, frames)
     external = None
     if test_clips is not None:
         external = (clip_features(feature_cache, test_clips, frames), [r.get("label") for r in test_clips.records])
-    result = run_clip_probe(x, labels, [r.get("patient") or r.get("source") for r in clips.records], folds=folds, runs=runs,
-                            seed=seed, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
-                            positive=positive, standardize=standardize, test=external)
+    run = clip_probe(x, labels, [patient_id(r) for r in clips.records], recipe, external, positive=positive, seed=seed)
+    result = run.report
     result.update(data=data, test=test, frames=frames, provenance=_provenance(net, feature_cache),
                   rows_left_out=_left_out(clips, test_clips))
     ci = result["auroc_pooled_ci"]
@@ -268,6 +305,10 @@ def clips_command(
     typer.echo(f"  AUROC per fold x run {100 * result['auroc_mean']:.2f} +- {100 * result['auroc_sd']:.2f}; "
                f"pooled {100 * result['auroc_pooled']:.2f} CI [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]")
     typer.echo(f"  encoded {feature_cache.encoded} frames this run")
+    _save_head(save_head, run.head, name=head_name or result["positive"], input="clip",
+               classes=[result["negative"], result["positive"]], net=net, cache=feature_cache, embed_dim=x.shape[1] // frames,
+               frames=frames, model=_model_reference(model), data=data, positive=result["positive"], recipe=recipe.to_dict(),
+               seed=seed)
     _write(out, result)
 
 
@@ -328,7 +369,7 @@ def segment_command(
     result, best, split_info = run_segmentation(seg_data, originals, folds=folds, runs=runs, seed=seed, epochs=epochs,
                                                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, channels=widths,
                                                 patience=patience, test_fraction=test_fraction, test=external, progress=True)
-    used_taps = tap_list or default_taps(len(net.clip.visual.transformer.resblocks))
+    used_taps = tap_list or default_taps(net.image_block_count)
     result.update(data=data, test=test, taps=used_taps, size=seg_data.size, provenance=_provenance(net, feature_cache),
                   rows_left_out=_left_out(dataset, test_set))
     typer.echo(f"segmentation probe {net.name} on {data} ({result['decoder_parameters'] / 1e6:.2f}M decoder parameters, "
@@ -338,8 +379,7 @@ def segment_command(
                + (f"   Hausdorff {hd['mean']:.2f} mm" if hd["mean"] is not None else ""))
     typer.echo(f"  encoded {feature_cache.encoded} images this run")
     if save is not None:
-        reference = model if not Path(model).expanduser().exists() else str(Path(model).expanduser().resolve())
-        save_decoder(save, best.decoder, {"model": reference, "name": net.name, "fingerprint": feature_cache.fingerprint,
+        save_decoder(save, best.decoder, {"model": _model_reference(model), "name": net.name, "fingerprint": feature_cache.fingerprint,
                                           "taps": used_taps, "preprocess": net.preprocess.config.to_dict()},
                      extra={"data": data, "size": seg_data.size, "best_epoch": best.best_epoch, "val_loss": best.val_loss})
         write_json_atomic(save / "splits.json", {k: v for k, v in split_info.items() if k != "source"})

@@ -7,6 +7,11 @@ of the dataset and can be shared as a small JSON file. Assignment is greedy on a
 patient goes to the part furthest below its target image count, which keeps parts balanced in images even
 when patients contribute very different numbers of them. A dataset's own official split (FETAL_PLANES_DB's
 ``Train`` column) can define the test part instead.
+
+This is the one split implementation: the probes, segmentation and calibration use it through the index view
+at the end (``index_splits``, ``cross_validation_parts``, ``patient_holdout``), which turns a list of patient ids
+into record indices and adds the training loops' conventions (``folds=1`` is one seeded 20% hold-out, an
+external test set means no internal test part, an official split that leaks falls back to a seeded one).
 """
 
 from __future__ import annotations
@@ -21,14 +26,12 @@ import numpy as np
 
 from ..errors import FetalCLIPError
 from ..io import write_json_atomic
+from .sample import patient_id
 
 FORMAT_VERSION = 1
+HOLDOUT_FOLDS = 5  # index_splits(folds=1): one fold of five validates (a 20% patient hold-out)
 
-
-def group_id(record: dict[str, Any]) -> str:
-    """The id that must not straddle parts: the patient, else the source file."""
-    patient = record.get("patient")
-    return str(patient) if patient not in (None, "") else str(record["source"])
+group_id = patient_id  # the id that must not straddle parts (the project's one patient rule), by its old name here
 
 
 @dataclass
@@ -60,9 +63,9 @@ class Splits:
         out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
         unknown = []
         for index, record in enumerate(records):
-            part = parts.get(group_id(record))
+            part = parts.get(patient_id(record))
             if part is None:
-                unknown.append(group_id(record))
+                unknown.append(patient_id(record))
             elif part == "test":
                 out["test"].append(index)
             elif fold is not None and part == f"fold{fold}":
@@ -135,7 +138,7 @@ def _patient_strata(records: Sequence[dict[str, Any]], field_name: str) -> dict[
     counts: dict[str, dict[str, int]] = {}
     for record in records:
         value = record.get(field_name)
-        per = counts.setdefault(group_id(record), {})
+        per = counts.setdefault(patient_id(record), {})
         per[str(value)] = per.get(str(value), 0) + 1
     return {g: sorted(per.items(), key=lambda item: (-item[1], item[0]))[0][0] for g, per in counts.items()}
 
@@ -164,7 +167,7 @@ def make_splits(
         raise FetalCLIPError("cannot split an empty dataset")
     sizes: dict[str, int] = {}
     for record in records:
-        sizes[group_id(record)] = sizes.get(group_id(record), 0) + 1
+        sizes[patient_id(record)] = sizes.get(patient_id(record), 0) + 1
     order = sorted(sizes)  # a fixed order before shuffling makes the result independent of record order
     rng = np.random.default_rng(seed)
     order = [order[i] for i in rng.permutation(len(order))]
@@ -177,7 +180,7 @@ def make_splits(
     if use_split_column:
         official: dict[str, set[str]] = {}
         for record in records:
-            official.setdefault(group_id(record), set()).add(str(record.get("split") or ""))
+            official.setdefault(patient_id(record), set()).add(str(record.get("split") or ""))
         both = [g for g, s in official.items() if "test" in s and len(s) > 1]
         if both:
             raise FetalCLIPError(f"patient {both[0]!r} has records in the official test split and outside it")
@@ -198,3 +201,96 @@ def make_splits(
     splits = Splits(sorted(test), [sorted(fold) for fold in folds], seed, settings)
     splits.check()
     return splits
+
+
+# -- the index view: record indices for training loops -------------------------------------------------------
+@dataclass
+class IndexSplits:
+    """Indices into one record list: a test split and ``(train, val)`` pairs over the remaining records."""
+
+    test: list[int]
+    folds: list[tuple[list[int], list[int]]]
+    source: str = "seeded"  # "records" (the records' own test split) or "external" (no internal test part)
+    notes: list[str] = field(default_factory=list)
+    patients: Splits | None = None  # the patient-id split behind the indices (what gets saved)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, **(self.patients.to_dict() if self.patients is not None else {})}
+
+
+def _id_records(patients: Sequence[Any], record_splits: Sequence[Any] | None = None,
+                strata: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+    """Minimal records for ``make_splits``: one per patient id (in order), with its official split and stratum."""
+    return [
+        {"patient": str(p), "source": f"#{i}",
+         "split": None if record_splits is None or record_splits[i] is None else str(record_splits[i]),
+         "stratum": None if strata is None else str(strata[i])}
+        for i, p in enumerate(patients)
+    ]
+
+
+def index_splits(
+    patients: Sequence[Any],
+    folds: int = 5,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    record_splits: Sequence[Any] | None = None,
+    with_test: bool = True,
+) -> IndexSplits:
+    """A patient-disjoint test split plus ``folds`` (train, val) index pairs over the other records.
+
+    ``patients`` holds one id per record. The test part is the records' own (``record_splits`` saying
+    ``test``) when that split is patient-disjoint, else a seeded ``test_fraction`` (with a note); none when
+    ``with_test`` is false (an external test set).
+    """
+    records = _id_records(patients, record_splits)
+    k = folds if folds > 1 else HOLDOUT_FOLDS
+    source, notes = "seeded", []
+    if not with_test:
+        split, source = make_splits(records, k=k, test_fraction=0.0, seed=seed), "external"
+    elif record_splits is not None and any(str(s) == "test" for s in record_splits):
+        try:
+            split, source = make_splits(records, k=k, seed=seed, use_split_column=True), "records"
+        except FetalCLIPError as exc:
+            notes.append(f"the records' own split is unusable ({exc}); drew a seeded patient split instead")
+            split = make_splits(records, k=k, test_fraction=test_fraction, seed=seed)
+    else:
+        split = make_splits(records, k=k, test_fraction=test_fraction, seed=seed)
+    pairs = []
+    for fold in range(folds if folds > 1 else 1):
+        parts = split.indices(records, fold=fold)
+        pairs.append((parts["train"], parts["val"]))
+    out = IndexSplits(split.indices(records)["test"], pairs, source, notes, split)
+    assert_patient_disjoint(patients, out)
+    return out
+
+
+def cross_validation_parts(patients: Sequence[Any], k: int, seed: int, strata: Sequence[Any] | None = None) -> list[list[int]]:
+    """``k`` patient-disjoint parts covering every record (each part is held out once); with ``strata`` (a
+    class per record) every part gets its share of each class."""
+    records = _id_records(patients, strata=strata)
+    split = make_splits(records, k=k, test_fraction=0.0, seed=seed, stratify="stratum" if strata is not None else None)
+    return [split.indices(records, fold=f)["val"] for f in range(k)]
+
+
+def patient_holdout(patients: Sequence[Any], indices: Sequence[int], seed: int,
+                    strata: Sequence[Any] | None = None) -> tuple[list[int], list[int]]:
+    """(train, val) of ``indices``: one of five patient-level folds validates (stratified by ``strata``, a
+    class per record of ``patients``, when given)."""
+    indices = list(indices)
+    records = _id_records([patients[i] for i in indices], strata=None if strata is None else [strata[i] for i in indices])
+    split = make_splits(records, k=HOLDOUT_FOLDS, test_fraction=0.0, seed=seed,
+                        stratify="stratum" if strata is not None else None)
+    parts = split.indices(records, fold=0)
+    return [indices[i] for i in parts["train"]], [indices[i] for i in parts["val"]]
+
+
+def assert_patient_disjoint(patients: Sequence[Any], splits: IndexSplits) -> None:
+    """Raise if any patient appears in two of (train, val, test) of any fold."""
+    test = {str(patients[i]) for i in splits.test}
+    for k, (train, val) in enumerate(splits.folds):
+        tr, va = {str(patients[i]) for i in train}, {str(patients[i]) for i in val}
+        for a, b, what in ((tr, va, "train/val"), (tr, test, "train/test"), (va, test, "val/test")):
+            shared = a & b
+            if shared:
+                raise FetalCLIPError(f"fold {k}: {len(shared)} patients leak across {what} (e.g. {sorted(shared)[:3]})")

@@ -27,10 +27,12 @@ import numpy as np
 
 from ..data.datasets import SampleDataset
 from ..data.readers import RASTER_SUFFIXES, frame_files, read_frame, source_kind
+from ..data.splits import cross_validation_parts, patient_holdout
 from ..errors import FetalCLIPError, ImageReadError
 from ..metrics import auroc, auroc_ci
-from .probe import train_linear_heads
-from .probe_splits import cross_validation_parts, patient_holdout
+from .probe_linear import ProbeRun, train_linear_heads
+from .probe_recipe import ProbeRecipe, RecipeError
+
 
 def even_indices(total: int, count: int) -> list[int]:
     """``count`` frame indices spread evenly over ``total`` frames (repeats when the clip is shorter)."""
@@ -118,23 +120,26 @@ def binary_targets(labels: Sequence[Any], positive: str | None = None) -> tuple[
     return np.array([int(str(label) == positive) for label in labels]), positive, negative
 
 
-def run_clip_probe(
+def clip_probe(
     x: np.ndarray,
     labels: Sequence[Any],
     patients: Sequence[Any],
-    folds: int = 5,
-    runs: int = 5,
-    seed: int = 0,
-    lr: float = 3e-4,
-    weight_decay: float = 0.01,
-    epochs: int = 50,
-    batch_size: int = 64,
-    positive: str | None = None,
-    standardize: bool = False,
+    recipe: ProbeRecipe,
     test: tuple[np.ndarray, Sequence[Any]] | None = None,
+    *,
+    positive: str | None = None,
+    seed: int = 0,
     n_bootstrap: int = 10_000,
-) -> dict[str, Any]:
-    """AUROC of a linear layer on concatenated frame embeddings, over patient-level folds x runs."""
+) -> ProbeRun:
+    """AUROC of a linear layer on concatenated frame embeddings, over patient-level folds x runs.
+
+    The run's ``head`` is the one with the lowest validation loss; its probability columns are
+    ``[negative, positive]``.
+    """
+    lr, weight_decay = recipe.single_point("clip probe")
+    folds, runs = recipe.folds, recipe.runs
+    if folds < 2:
+        raise RecipeError("folds", folds, "must be >= 2 for the clip probe (each fold is held out once)")
     y, positive, negative = binary_targets(labels, positive)
     patients = [str(p) for p in patients]
     if test is not None:
@@ -142,12 +147,10 @@ def run_clip_probe(
         if unknown:
             raise FetalCLIPError(f"external test labels {unknown} are not {positive!r}/{negative!r}")
         y_ext = np.array([int(str(label) == positive) for label in test[1]])
-        parts = cross_validation_parts(patients, folds, seed, strata=y)
         ext_scores = np.zeros((runs, folds, len(y_ext)))
-    else:
-        parts = cross_validation_parts(patients, folds, seed, strata=y)
+    parts = cross_validation_parts(patients, folds, seed, strata=y)
     oof = np.full((runs, len(y)), np.nan)
-    per_head = []
+    per_head, best = [], None
     for r in range(runs):
         for k in range(folds):
             held = parts[k]
@@ -156,8 +159,9 @@ def run_clip_probe(
                 train, val = rest, held
             else:
                 train, val = patient_holdout(patients, rest, seed * 7 + k * 13 + r, strata=y)
-            head = train_linear_heads(x[train], y[train], x[val], y[val], 2, grid=[(lr, weight_decay)], epochs=epochs,
-                                      batch_size=batch_size, seed=seed * 100_003 + k * 1_009 + r, standardize=standardize)[0]
+            head = train_linear_heads(x[train], y[train], x[val], y[val], 2, recipe, seed=seed * 100_003 + k * 1_009 + r)[0]
+            if best is None or head.val_loss < best.val_loss:
+                best = head
             if test is not None:
                 scores = head.probabilities(test[0])[:, 1]
                 ext_scores[r, k] = scores
@@ -173,7 +177,7 @@ def run_clip_probe(
     else:
         truth, mean_scores = y, oof.mean(axis=0)
     low, high = auroc_ci(truth, mean_scores, n=n_bootstrap, seed=42)
-    return {
+    report = {
         "task": "clip-probe",
         "positive": positive,
         "negative": negative,
@@ -190,3 +194,13 @@ def run_clip_probe(
         "undefined_folds": int(len(values) - finite.size),
         "heads": per_head,
     }
+    return ProbeRun(report, best)
+
+
+def run_clip_probe(x: np.ndarray, labels: Sequence[Any], patients: Sequence[Any], *, positive: str | None = None,
+                   test: tuple[np.ndarray, Sequence[Any]] | None = None, seed: int = 0, n_bootstrap: int = 10_000,
+                   **recipe: Any) -> dict[str, Any]:
+    """TEMPORARY keyword form of ``clip_probe`` (the report only), for the benchmark's legacy adapters until they
+    are gone (issue 14); new code builds a ``ProbeRecipe``."""
+    return clip_probe(x, labels, patients, ProbeRecipe(**recipe), test, positive=positive, seed=seed,
+                      n_bootstrap=n_bootstrap).report
