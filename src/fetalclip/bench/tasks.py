@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import FetalCLIPError
 from ..tasks.maps import CAMs, EmbeddingMap, png_base64
+from ..tasks.probe_tasks import ClipProbe, FewShotPlanes, ProbeBrain, ProbePlanes
 from ..tasks.result import Metric, Task, TaskUnavailable
 from ..tasks.zeroshot_tasks import ZeroShotBrain, ZeroShotGA, ZeroShotPlanes
 
@@ -192,7 +193,7 @@ def default_registry() -> TaskRegistry:
     Versions: 1 was the harness with unconnected adapters; 2 is the first connected computation; 3 (segment-hc,
     biometry-hc) segments the whole head where masks label structures inside it.
     """
-    from .legacy_adapters import ClipsTask, FewShotTask, ProbeBrainTask, ProbePlanesTask, BiometryTask, SegmentTask
+    from .legacy_adapters import BiometryTask, SegmentTask
 
     S = TaskSpec
     return TaskRegistry(
@@ -203,13 +204,13 @@ def default_registry() -> TaskRegistry:
               published=_published(70.15, 20.61), description="zero-shot brain sub-planes, macro F1"),
             S("zeroshot-ga", "ga", "ZS GA VPR", "vpr", ZeroShotGA, version=2,
               published=_published(83.42, 11.43), description="zero-shot gestational age, validity prediction rate"),
-            S("probe-planes", "planes", "LP planes F1", "macro_f1", ProbePlanesTask, version=2,
+            S("probe-planes", "planes", "LP planes F1", "macro_f1", ProbePlanes, version=2,
               published=_published(94.73, 86.74), description="linear probe, six planes, macro F1"),
-            S("probe-brain", "brain", "LP brain F1", "macro_f1", ProbeBrainTask, version=2,
+            S("probe-brain", "brain", "LP brain F1", "macro_f1", ProbeBrain, version=2,
               published=_published(82.01, 63.42), description="linear probe, brain sub-planes, macro F1"),
-            S("fewshot-planes", "planes", "FS planes F1", "macro_f1", FewShotTask, version=2,
+            S("fewshot-planes", "planes", "FS planes F1", "macro_f1", FewShotPlanes, version=2,
               description="few-shot linear probe, planes, macro F1 at the largest N"),
-            S("clips", "clips", "CHD AUROC", "auroc", ClipsTask, version=3,
+            S("clips", "clips", "CHD AUROC", "auroc", ClipProbe, version=3,
               published=_published(78.72, 67.88), description="clip-level detection (CHD protocol), AUROC"),
             S("segment-hc", "seg", "Seg HC Dice", "dice", SegmentTask, version=3,
               published=_published(97.92, 97.70), description="head segmentation, pooled Dice"),
