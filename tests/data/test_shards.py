@@ -5,7 +5,8 @@ import tarfile
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
@@ -13,8 +14,17 @@ from fetalclip.cli import app
 from fetalclip.data import shards as shard_rules
 from fetalclip.data.datasets import open_dataset, open_hc18, register_adapter
 from fetalclip.data.shards import (
-    MANIFEST, _stored_image, check_shards, iter_shard_samples, pack_shards, read_manifest, stripped_png,
+    MANIFEST,
+    check_shards,
+    iter_shard_samples,
+    open_shard_folder,
+    pack_shards,
+    read_manifest,
+    rules,
+    stripped_png,
 )
+from fetalclip.data.shards.encode import _STATE, PackSettings, _stored_image
+from fetalclip.data.shards.writer import _ordered
 from fetalclip.errors import FetalCLIPError, ImageReadError
 
 runner = CliRunner()
@@ -232,8 +242,6 @@ def test_member_names_split_exactly_as_webdataset_splits_them(name):
 
 
 def test_checker_and_training_reader_read_a_packed_folder_alike(tmp_path, small_csv):
-    from fetalclip.train.shards import open_shard_folder
-
     out = tmp_path / "shards"
     pack_shards([small_csv], out, shard_size=4, clean=False, workers=0)
     checked = check_shards(out)
@@ -247,8 +255,6 @@ def test_checker_and_training_reader_read_a_packed_folder_alike(tmp_path, small_
 
 def test_a_compressed_or_linked_shard_is_refused_by_every_reader(tmp_path, small_csv):
     import gzip
-
-    from fetalclip.train.shards import open_shard_folder
 
     out = tmp_path / "shards"
     pack_shards([small_csv], out, shard_size=100, clean=False, workers=0)
@@ -271,20 +277,19 @@ def test_a_pool_stopped_early_leaves_no_worker(small_csv):
     import multiprocessing
 
     dataset = open_dataset(small_csv)
-    shard_rules._STATE.update(datasets=[dataset], settings=shard_rules.PackSettings([small_csv], clean=False),
-                              caption_fn=None)
+    _STATE.update(datasets=[dataset], settings=PackSettings([small_csv], clean=False), caption_fn=None)
     try:
-        results = shard_rules._ordered([(i, 0, i) for i in range(len(dataset))], workers=2)
+        results = _ordered([(i, 0, i) for i in range(len(dataset))], workers=2)
         assert next(results)[0] == 0
         assert len(multiprocessing.active_children()) == 2
         results.close()  # what an error in the consumer, Ctrl-C or SIGTERM does to the generator
         assert multiprocessing.active_children() == []
     finally:
-        shard_rules._STATE.clear()
+        _STATE.clear()
 
 
 def test_pack_never_writes_a_member_its_readers_would_refuse(tmp_path, small_csv, monkeypatch):
-    monkeypatch.setattr(shard_rules, "MAX_IMAGE_MEMBER_BYTES", 20)  # below every packed PNG here
+    monkeypatch.setattr(rules, "MAX_IMAGE_MEMBER_BYTES", 20)  # below every packed PNG here
     with pytest.raises(ImageReadError, match="over the .* a shard member may have"):
         pack_shards([small_csv], tmp_path / "a", clean=False, workers=0)
     result = pack_shards([small_csv], tmp_path / "b", clean=False, workers=0, skip_bad=True)

@@ -32,9 +32,8 @@ from PIL import Image
 
 from fetalclip.cli import main
 from fetalclip.data import shards as data_shards
-from fetalclip.data.shards import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, MAX_TEXT_MEMBER_BYTES, ShardError
+from fetalclip.data.shards import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, MAX_TEXT_MEMBER_BYTES, ShardError, load_shard_record, open_shard_folder, rules
 from fetalclip.errors import ImageReadError
-from fetalclip.train.shards import load_shard_record, open_shard_folder
 
 KEY = "00000000-0000"
 # Address space for a child that runs `fetalclip data check`: it peaks near 300 MB on good shards; every
@@ -180,7 +179,7 @@ def test_a_member_larger_than_its_bound_is_refused_before_it_is_read(tmp_path, c
 
 
 def test_an_image_member_over_the_image_bound_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(data_shards, "MAX_IMAGE_MEMBER_BYTES", 16)
+    monkeypatch.setattr(rules, "MAX_IMAGE_MEMBER_BYTES", 16)
     folder = _folder(tmp_path, lambda shard: _tar(shard, _sample()))
     _line_with(_check_in_process(folder, capsys), "shard-000000.tar", f"'{KEY}.png'", "bound")
 
@@ -355,9 +354,9 @@ def _group(pgid: int) -> list[tuple[int, int]]:
 
 _PACK = (
     "import sys\n"
-    "import fetalclip.data.shards as shards\n"
+    "import fetalclip.data.shards.pool as pool\n"
     "if sys.argv[1] == 'poll':\n"
-    "    shards._kill_me_with_parent = lambda: False  # the portable fallback: workers watch their parent\n"
+    "    pool._kill_me_with_parent = lambda: False  # the portable fallback: workers watch their parent\n"
     "from fetalclip.cli import main\n"
     "main(sys.argv[2:])\n"
 )

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fetalclip.data.shards import open_shard_folder
 from fetalclip.errors import FetalCLIPError
 from fetalclip.models import Preprocessor
 from fetalclip.train.data import (
@@ -17,7 +18,6 @@ from fetalclip.train.data import (
     split_by_patient,
     view_balance_weights,
 )
-from fetalclip.train.shards import open_shard_folder
 
 from .conftest import LABELS, write_pairs
 

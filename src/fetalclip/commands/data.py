@@ -10,7 +10,7 @@ from ..outputs import OVERWRITE_HELP
 
 data_app = typer.Typer(help="Datasets: pack pretraining shards, check them, make patient-level splits.", no_args_is_help=True)
 
-SPEC_HELP = "Dataset spec: hc18:DIR, fpdb:DIR, csv:FILE, folder:DIR or sim:N (repeat for several)."
+SPEC_HELP = "Dataset spec: hc18:DIR, fpdb:DIR, csv:FILE, folder:DIR, shards:DIR or sim:N (repeat for several)."
 
 
 @data_app.command("pack")

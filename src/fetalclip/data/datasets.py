@@ -1,146 +1,42 @@
-"""Dataset specs (``hc18:DIR``, ``fpdb:DIR``, ``csv:FILE``, ``folder:DIR``, ``sim:N``) and lazy datasets.
+"""Dataset specs (``hc18:DIR``, ``fpdb:DIR``, ``csv:FILE``, ``folder:DIR``, ``shards:DIR``, ``sim:N``): the registry.
 
-A dataset is a list of *records* (every sample field except the pixels) plus a loader that reads one record
-into a full sample dictionary (see ``sample.py``). Splits, label counts and manifests work on records alone,
-so listing 12,000 images costs a CSV read (and, where a spacing is known, an image header read for the
-224-input spacing), not 12,000 decodes. A record may point at a multi-frame source (DICOM, video, a folder
-of frames): indexing reads its ``frame_index`` (first frame when ``None``), ``iter_record_samples`` expands
-it into frames. Adapters register under a scheme name; ``sim`` is registered by ``fetalclip.sim`` and
-imported only when asked for, keeping the data layer free of the phantom's dependencies.
-
-Manifests are untrusted text. Every table is read through ``_table_rows`` (UTF-8, required columns checked,
-one error naming the file for a bad encoding or a broken CSV) and every number through ``_number`` (positive
-and finite, or an error naming file, line and column). Rows that cannot be used but need not stop the run (a
-listed file that is absent, the same image listed twice) are kept out of ``records`` and counted in the
-dataset's ``missing`` and ``duplicates``; ``open_dataset`` logs them and ``problems()`` gives them to a
-command's JSON, so no command drops or double-counts rows without saying so.
+Every command opens its data with ``open_dataset(spec)``, which looks the scheme up here and returns a
+``SampleDataset`` (records plus a loader, see ``records``; every adapter's samples have the same keys, see
+``sample``). Adapters register under a scheme name. The table readers (``manifests``) register on import;
+``sim`` (``fetalclip.sim``) and ``shards`` (``fetalclip.data.shards``) are imported only when asked for,
+keeping this module free of the phantom's dependencies and of the shard format. The names of ``records`` and
+``manifests`` are importable from here as well, as they were before those modules were split out.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
 import importlib
-import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable
 
-from ..errors import FetalCLIPError, ImageReadError
-from .frames import FrameSelection
-from .labels import canonical_label
-from .masks import fill_outline, read_mask
-from .readers import RASTER_SUFFIXES, image_header_size, read_frame, read_image, read_samples, source_kind
-from .sample import positive_finite, spacing_224
+from ..errors import FetalCLIPError
+from .manifests import (
+    CSV_OPTIONAL_FLOATS,
+    FPDB_COLUMNS,
+    FPDB_CSV,
+    HC18_COLUMNS,
+    HC18_CSV,
+    hc18_subject,
+    load_hc18_record,
+    open_csv,
+    open_folder,
+    open_fpdb,
+    open_hc18,
+)
+from .records import Loader, Record, SampleDataset, image_size, load_record_image
 
-Record = dict[str, Any]
-Loader = Callable[[Record], dict[str, Any]]
 log = logging.getLogger("fetalclip")
 
 
-def _record_fields(record: Record) -> dict[str, Any]:
-    return {key: copy.deepcopy(value) for key, value in record.items() if key not in ("source", "image", "mask")}
-
-
-def load_record_image(record: Record) -> dict[str, Any]:
-    """Default loader: read the record's file (its ``frame_index`` for multi-frame sources) with its fields;
-    a ``metadata['mask_path']`` becomes the sample's ``mask``."""
-    fields = _record_fields(record)
-    source = record["source"]
-    if Path(source).suffix.lower() in RASTER_SUFFIXES and Path(source).is_file():
-        fields.pop("frame_index", None)
-        sample = read_image(source, **fields)
-    else:
-        frame_index = fields.pop("frame_index", None)
-        sample = read_frame(source, frame_index, **fields)
-    mask_path = sample["metadata"].get("mask_path")
-    if mask_path:
-        sample["mask"] = read_mask(mask_path, sample["image"].shape[:2])
-    return sample
-
-
-def image_size(path: str | Path) -> tuple[int, int] | None:
-    """(height, width) from a raster image's header, without decoding pixels; ``None`` if unreadable."""
-    if Path(path).suffix.lower() not in RASTER_SUFFIXES:
-        return None
-    try:
-        return image_header_size(path)  # the readers' rules: any failure or an over-budget size is "unreadable"
-    except ImageReadError:
-        return None
-
-
-def _with_spacing_224(record: Record) -> Record:
-    """Attach ``pixel_spacing_224_mm`` to a record whose spacing is known (one header read)."""
-    if record.get("pixel_spacing_mm") is not None:
-        size = image_size(record["source"])
-        if size is not None:
-            record["pixel_spacing_224_mm"] = spacing_224(record["pixel_spacing_mm"], *size)
-    return record
-
-
-@dataclass
-class SampleDataset:
-    """Records plus a loader; indexing returns full sample dictionaries (image decoded on demand)."""
-
-    name: str
-    records: list[Record]
-    loader: Loader = load_record_image
-    missing: list[tuple[str, str]] = field(default_factory=list)  # (source, reason) for rows without a file
-    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (source, reason) for rows listed again
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.loader(self.records[index])
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for index in range(len(self)):
-            yield self[index]
-
-    def subset(self, indices: Sequence[int], name: str | None = None) -> "SampleDataset":
-        return SampleDataset(
-            name or self.name, [self.records[i] for i in indices], self.loader, list(self.missing), list(self.duplicates)
-        )
-
-    def problems(self) -> dict[str, Any]:
-        """Rows left out when the dataset was opened, for a command's output: count and first example of each."""
-        return {
-            kind: {"count": len(rows), "first": None if not rows else {"source": rows[0][0], "reason": rows[0][1]}}
-            for kind, rows in (("missing", self.missing), ("duplicates", self.duplicates))
-        }
-
-    def rows_left_out(self) -> dict[str, Any]:
-        """``{name: problems()}``, the shape every command's JSON reports the rows it left out in."""
-        return {self.name: self.problems()}
-
-    def describe_problems(self) -> str | None:
-        """One line saying which listed rows were left out, ``None`` when none were."""
-        parts = []
-        for label, rows in (("listed file(s) missing", self.missing), ("duplicate row(s) ignored", self.duplicates)):
-            if rows:
-                parts.append(f"{len(rows)} {label} (first: {rows[0][0]}, {rows[0][1]})")
-        return f"{self.name}: " + "; ".join(parts) if parts else None
-
-    def column(self, key: str) -> list[Any]:
-        return [record.get(key) for record in self.records]
-
-    def iter_record_samples(self, index: int, frames: "FrameSelection | str | None" = None) -> Iterator[dict[str, Any]]:
-        """Every selected frame of record ``index``: one sample for an image (through this dataset's loader,
-        so adapter extras like masks come along), one per frame for a DICOM, video or frame folder whose
-        record names no single frame."""
-        record = self.records[index]
-        if record.get("frame_index") is not None or source_kind(record["source"]) == "raster":
-            yield self.loader(record)
-            return
-        fields = _record_fields(record)
-        fields.pop("frame_index", None)
-        yield from read_samples(record["source"], frames, **fields)
-
-
 _ADAPTERS: dict[str, Callable[[str], SampleDataset]] = {}
-_LAZY_ADAPTERS = {"sim": "fetalclip.sim"}  # scheme -> module that registers it on import
+# scheme -> module that registers it on import (the phantom's dependencies, the shard package, only when asked for)
+_LAZY_ADAPTERS = {"sim": "fetalclip.sim", "shards": "fetalclip.data.shards"}
 
 
 def register_adapter(scheme: str, factory: Callable[[str], SampleDataset]) -> None:
@@ -173,268 +69,6 @@ def open_dataset(spec: str) -> SampleDataset:
     return dataset
 
 
-def _existing_dir(path: str, spec: str) -> Path:
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise FetalCLIPError(f"{spec}: {folder} is not a folder")
-    return folder
-
-
-def _table_rows(table: Path, required: Sequence[str], delimiter: str = ",") -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) for each data row of a CSV table: names and values stripped, absent values ``""``.
-
-    A file that is not UTF-8, is not a CSV or lacks a ``required`` column is one ``FetalCLIPError`` naming it.
-    Line numbers count rows, the header being line 1 (a quoted cell spanning several lines is still one row).
-    """
-    try:
-        with table.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, delimiter=delimiter)
-            columns = [(name or "").strip() for name in reader.fieldnames or []]
-            absent = [name for name in required if name not in columns]
-            if absent:
-                raise FetalCLIPError(
-                    f"{table}: needs column(s) {', '.join(repr(n) for n in absent)} (has: {', '.join(columns) or 'none'})"
-                )
-            reader.fieldnames = columns
-            for line, row in enumerate(reader, start=2):
-                # Extra values land under the key None (as a list): not a column, so dropped.
-                yield line, {key: (value or "").strip() for key, value in row.items() if key and not isinstance(value, list)}
-    except UnicodeDecodeError as exc:
-        raise FetalCLIPError(f"{table}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
-    except csv.Error as exc:
-        raise FetalCLIPError(f"{table}: not a readable CSV table ({exc})") from None
-    except OSError as exc:
-        raise FetalCLIPError(f"{table}: cannot read it ({exc.strerror or exc})") from None
-
-
-def _number(row: dict[str, str], column: str, table: Path, line: int) -> float | None:
-    """A positive, finite number from ``row[column]`` (``None`` when blank); anything else names file, line, column."""
-    try:
-        return positive_finite(row.get(column), column)
-    except ValueError as exc:
-        raise FetalCLIPError(f"{table}: line {line}: {exc}") from None
-
-
-def _labelled(text: str, vocabulary: str, table: Path, line: int, strict: bool = True) -> str | None:
-    try:
-        return canonical_label(text, vocabulary, strict=strict)
-    except FetalCLIPError as exc:
-        raise FetalCLIPError(f"{table}: line {line}: {exc}") from None
-
-
-class _RowCollector:
-    """Records of one table, with rows whose file is absent and repeated rows set aside (and said why)."""
-
-    def __init__(self, table: Path):
-        self.table = table
-        self.records: list[Record] = []
-        self.missing: list[tuple[str, str]] = []
-        self.duplicates: list[tuple[str, str]] = []
-        self._first_line: dict[str, int] = {}
-
-    def absent(self, image: Path, line: int) -> None:
-        self.missing.append((str(image), f"listed on line {line} of {self.table.name} but absent"))
-
-    def add(self, record: Record, line: int) -> None:
-        # A repeated row would be embedded, trained on and scored twice. Only rows that say exactly the same
-        # thing are repeats: one image listed again with another mask or frame is a second, different sample.
-        key = json.dumps(record, sort_keys=True, default=str)
-        if key in self._first_line:
-            self.duplicates.append(
-                (record["source"], f"line {line} of {self.table.name} repeats line {self._first_line[key]}")
-            )
-            return
-        self._first_line[key] = line
-        self.records.append(record)
-
-    def dataset(self, name: str, loader: Loader = load_record_image) -> SampleDataset:
-        return SampleDataset(name, self.records, loader, self.missing, self.duplicates)
-
-
-def _listed_path(text: str, base: Path, table: Path, line: int, column: str) -> Path:
-    """A file named in a table (relative to the table's folder); blank or unusable names are an error."""
-    if not text:
-        raise FetalCLIPError(f"{table}: line {line}: {column} is empty")
-    if "\x00" in text:
-        raise FetalCLIPError(f"{table}: line {line}: {column} {text!r} is not a usable file name")
-    path = Path(text)
-    return path if path.is_absolute() else base / path
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except (OSError, ValueError):  # a name too long for the filesystem is as absent as a missing file
-        return False
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
-
-
-# -- HC18 ----------------------------------------------------------------------------------------------------
-HC18_CSV = "training_set_pixel_size_and_HC.csv"
-HC18_COLUMNS = ("filename", "pixel size(mm)", "head circumference (mm)")
-
-
-def hc18_subject(filename: str) -> str:
-    """``012_2HC.png`` -> ``012``: several images can share a subject, so splits go by this id."""
-    return Path(filename).name.split("_", 1)[0]
-
-
-def load_hc18_record(record: Record) -> dict[str, Any]:
-    """HC18 image plus ``mask`` (uint8, 1 = head) filled from its ellipse-outline annotation."""
-    sample = load_record_image(record)
-    annotation = record["metadata"].get("annotation")
-    if annotation:
-        outline = read_mask(annotation, sample["image"].shape[:2])
-        sample["mask"] = fill_outline(outline)
-    return sample
-
-
-def open_hc18(path: str) -> SampleDataset:
-    root = _existing_dir(path, f"hc18:{path}")
-    table = root / HC18_CSV
-    if not table.is_file():
-        raise FetalCLIPError(f"hc18:{path}: {HC18_CSV} not found in {root}")
-    rows = _RowCollector(table)
-    for line, row in _table_rows(table, HC18_COLUMNS):
-        name = _plain_file_name(row, "filename", "training_set/", table, line)
-        image = root / "training_set" / name
-        annotation = image.with_name(image.stem + "_Annotation.png")
-        spacing = _number(row, "pixel size(mm)", table, line)
-        hc_mm = _number(row, "head circumference (mm)", table, line)
-        if not _is_file(image):
-            rows.absent(image, line)
-            continue
-        record = {
-            "source": str(image),
-            "frame_index": None,
-            "pixel_spacing_mm": spacing,
-            "label": "brain",
-            "patient": hc18_subject(name),
-            "hc_mm": hc_mm,
-            "metadata": {"dataset": "hc18", "annotation": str(annotation) if annotation.is_file() else None},
-        }
-        rows.add(_with_spacing_224(record), line)
-    return rows.dataset(f"hc18:{path}", loader=load_hc18_record)
-
-
-def _plain_file_name(row: dict[str, str], column: str, folder: str, table: Path, line: int) -> str:
-    """The row's file name, refused unless it names a file directly inside the dataset's ``folder``."""
-    name = row[column]
-    if not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise FetalCLIPError(f"{table}: line {line}: {column} {name!r} is not a file name in {folder}")
-    return name
-
-
-# -- FETAL_PLANES_DB -------------------------------------------------------------------------------------------
-FPDB_CSV = "FETAL_PLANES_DB_data.csv"
-FPDB_COLUMNS = ("Image_name", "Patient_num", "Plane", "Brain_plane")
-
-
-def open_fpdb(path: str) -> SampleDataset:
-    root = _existing_dir(path, f"fpdb:{path}")
-    table = root / FPDB_CSV
-    if not table.is_file():
-        raise FetalCLIPError(f"fpdb:{path}: {FPDB_CSV} not found in {root}")
-    images = root / "Images"
-    rows = _RowCollector(table)
-    # The published CSV has a trailing space in its last header ("Train ") and in its values: both stripped.
-    for line, row in _table_rows(table, FPDB_COLUMNS, delimiter=";"):
-        name = _plain_file_name(row, "Image_name", "Images/", table, line)
-        image = images / f"{name}.png"
-        label = _labelled(row["Plane"], "plane", table, line)
-        brain_plane = _labelled(row["Brain_plane"], "brain_plane", table, line)
-        if not _is_file(image):
-            rows.absent(image, line)
-            continue
-        record = {
-            "source": str(image),
-            "frame_index": None,
-            "pixel_spacing_mm": None,
-            "label": label,
-            "brain_plane": brain_plane,
-            "patient": row["Patient_num"],
-            "split": "train" if row.get("Train") == "1" else "test",
-            "metadata": {"dataset": "fpdb", "operator": row.get("Operator"), "us_machine": row.get("US_Machine")},
-        }
-        rows.add(record, line)
-    return rows.dataset(f"fpdb:{path}")
-
-
-# -- generic CSV manifest --------------------------------------------------------------------------------------
-CSV_OPTIONAL_FLOATS = ("pixel_spacing_mm", "ga_days", "hc_mm")
-
-
-def open_csv(path: str) -> SampleDataset:
-    table = Path(path).expanduser()
-    if not _is_file(table):
-        raise FetalCLIPError(f"csv:{path}: no such file")
-    base = table.parent
-    rows = _RowCollector(table)
-    for line, row in _table_rows(table, ("path",)):
-        image = _listed_path(row["path"], base, table, line, "path")
-        floats = {key: _number(row, key, table, line) for key in CSV_OPTIONAL_FLOATS}
-        frame_index = _frame_index(row.get("frame_index"), table, line)
-        if not _exists(image):
-            rows.absent(image, line)
-            continue
-        label = row.get("label") or None
-        record: Record = {
-            "source": str(image),
-            "frame_index": frame_index,
-            "pixel_spacing_mm": floats.pop("pixel_spacing_mm"),
-            "label": canonical_label(label, "plane", strict=False) if label else None,
-            # Without a patient column every image is its own patient (splits stay valid, if optimistic).
-            "patient": row.get("patient") or str(image),
-            "metadata": {"dataset": "csv", "manifest": str(table)},
-        }
-        record.update({key: value for key, value in floats.items() if value is not None})
-        if row.get("brain_plane"):
-            record["brain_plane"] = canonical_label(row["brain_plane"], "brain_plane", strict=False)
-        for text_field in ("view", "finding", "caption", "split"):
-            if row.get(text_field):
-                record[text_field] = row[text_field]
-        if row.get("mask"):
-            record["metadata"]["mask_path"] = str(_listed_path(row["mask"], base, table, line, "mask"))
-        rows.add(_with_spacing_224(record), line)
-    return rows.dataset(f"csv:{path}")
-
-
-def _frame_index(text: str | None, table: Path, line: int) -> int | None:
-    if not text:
-        return None
-    if not text.isascii() or not text.isdigit():  # int() would also take "+3", "1_0" and non-ASCII digits
-        raise FetalCLIPError(f"{table}: line {line}: frame_index {text!r} is not a non-negative integer")
-    return int(text)
-
-
-# -- one sub-folder per class ----------------------------------------------------------------------------------
-def open_folder(path: str) -> SampleDataset:
-    root = _existing_dir(path, f"folder:{path}")
-    records = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        label = canonical_label(class_dir.name, "plane", strict=False)
-        for image in sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES):
-            records.append(
-                {
-                    "source": str(image),
-                    "frame_index": None,
-                    "pixel_spacing_mm": None,
-                    "label": label,
-                    "patient": str(image),
-                    "metadata": {"dataset": "folder", "class_folder": class_dir.name},
-                }
-            )
-    if not records:
-        raise FetalCLIPError(f"folder:{path}: no images found in class sub-folders of {root}")
-    return SampleDataset(f"folder:{path}", records)
-
-
 register_adapter("hc18", open_hc18)
 register_adapter("fpdb", open_fpdb)
 register_adapter("csv", open_csv)
@@ -449,6 +83,13 @@ def dataset_root(spec: str) -> Path:
 
 
 __all__ = [
+    "CSV_OPTIONAL_FLOATS",
+    "FPDB_COLUMNS",
+    "FPDB_CSV",
+    "HC18_COLUMNS",
+    "HC18_CSV",
+    "Loader",
+    "Record",
     "SampleDataset",
     "dataset_root",
     "hc18_subject",
@@ -456,8 +97,11 @@ __all__ = [
     "image_size",
     "load_hc18_record",
     "load_record_image",
+    "open_csv",
     "open_dataset",
+    "open_folder",
+    "open_fpdb",
+    "open_hc18",
     "parse_spec",
     "register_adapter",
 ]
-

@@ -28,11 +28,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.captions import CaptionFn, caption_sample, sample_view, template_caption
-from ..data.datasets import SampleDataset, open_dataset
+from ..data.datasets import SampleDataset, open_dataset, parse_spec
+from ..data.shards import is_shard_folder
 from ..errors import FetalCLIPError
 from ..models.preprocess import Preprocessor, pad_to_square, spacing_224, to_rgb_image
 from ..models.tokenizer import tokenize
-from .shards import is_shard_folder, open_shard_folder
 
 # Streams of the seeded generators derived from (seed, stream, position).
 _CAPTION_STREAM, _AUGMENT_STREAM, _SPLIT_STREAM, _ORDER_STREAM = 1, 2, 3, 4
@@ -53,7 +53,7 @@ class _CleaningLoader:
 
 
 def open_sources(specs: Sequence[str], clean: bool = False) -> list[SampleDataset]:
-    """Each ``--data`` value as a dataset: a shard folder (path, or ``shards:PATH``) or a dataset spec.
+    """Each ``--data`` value as a dataset: a dataset spec (``shards:DIR`` included) or a shard folder's path.
 
     ``clean``: dataset specs are read through ``clean_sample`` (burned-in text, calipers and everything outside
     the scan sector removed, as ``data pack`` does by default), for training and held-out evaluation alike.
@@ -62,20 +62,24 @@ def open_sources(specs: Sequence[str], clean: bool = False) -> list[SampleDatase
     if not specs:
         raise FetalCLIPError("no training data: give --data with shard folders or dataset specs")
     datasets = []
-    for spec in specs:
-        path = spec[len("shards:"):] if spec.startswith("shards:") else spec
-        if is_shard_folder(path):
-            datasets.append(open_shard_folder(path))
-        elif spec.startswith("shards:") or (":" not in spec and Path(spec).exists()):
-            raise FetalCLIPError(f"{path}: not a shard folder (no shard-*.tar, no manifest.json)")
-        else:
-            dataset = open_dataset(spec)
-            if clean:
-                dataset = SampleDataset(dataset.name, dataset.records, _CleaningLoader(dataset.loader), dataset.missing)
-            datasets.append(dataset)
-        if not len(datasets[-1]):
-            raise FetalCLIPError(f"{spec}: holds no samples")
+    for value in specs:
+        spec = training_spec(value)
+        dataset = open_dataset(spec)
+        if clean and parse_spec(spec)[0] != "shards":
+            dataset = SampleDataset(dataset.name, dataset.records, _CleaningLoader(dataset.loader), dataset.missing)
+        if not len(dataset):
+            raise FetalCLIPError(f"{value}: holds no samples")
+        datasets.append(dataset)
     return datasets
+
+
+def training_spec(value: str) -> str:
+    """A ``--data`` value as a dataset spec: training also takes a shard folder by its bare path."""
+    if is_shard_folder(value):
+        return f"shards:{value}"
+    if ":" not in value and Path(value).exists():
+        raise FetalCLIPError(f"{value}: not a shard folder (no shard-*.tar, no manifest.json)")
+    return value
 
 
 def resolve_caption_fn(name: str) -> CaptionFn:
@@ -145,7 +149,7 @@ def enrich(sample: dict[str, Any]) -> dict[str, Any]:
     """Fill the model-input pixel spacing captions quote when a source gives only the original spacing."""
     if sample.get("pixel_spacing_224_mm") is None and sample.get("pixel_spacing_mm") is not None:
         height, width = sample["image"].shape[:2]
-        sample["pixel_spacing_224_mm"] = spacing_224(sample["pixel_spacing_mm"], width, height)
+        sample["pixel_spacing_224_mm"] = spacing_224(sample["pixel_spacing_mm"], width=width, height=height)
     return sample
 
 
