@@ -39,7 +39,7 @@ from .errors import OutputError
 PathLike = Union[str, "os.PathLike[str]"]
 
 # Record metadata fields that name further files a dataset reads besides each record's ``source``.
-INPUT_METADATA_KEYS = ("manifest", "annotation", "mask_path")
+INPUT_METADATA_KEYS = ("manifest", "annotation", "mask_path", "shard")  # "shard": the tar a shards:DIR record lives in
 
 OVERWRITE_HELP = "Replace existing output files (never an input file)."
 

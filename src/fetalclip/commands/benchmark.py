@@ -11,7 +11,7 @@ MODEL_HELP = (
     "open_clip baseline (open_clip:ViT-L-14@openai, open_clip:ARCH@/path/weights.pt, clip-vit-l14, biomedclip). "
     "Prefix LABEL= to name its table row."
 )
-DATA_HELP = "KEY=SPEC, repeatable; keys: planes, brain, ga, seg, clips (e.g. planes=fpdb:DIR, ga=hc18:DIR)."
+DATA_HELP = "KEY=SPEC, repeatable; keys: planes, brain, ga, seg, clips (e.g. planes=fpdb:DIR, ga=hc18:DIR, planes=shards:DIR)."
 OPTION_HELP = (
     "TASK.NAME=VALUE, repeatable: one task option (VALUE as JSON, else text), e.g. probe-planes.runs=5, "
     "segment-hc.channels=[416,256,128,64,32]. --list-tasks shows every option and its default."

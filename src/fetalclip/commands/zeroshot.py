@@ -16,7 +16,7 @@ import typer
 from ..outputs import OVERWRITE_HELP
 
 MODEL_HELP = "Registered model name, checkpoint folder, published .pt file or hf-hub: reference."
-DATA_HELP = "Dataset spec: fpdb:DIR, hc18:DIR, csv:FILE, folder:DIR."
+DATA_HELP = "Dataset spec: fpdb:DIR, hc18:DIR, csv:FILE, folder:DIR, shards:DIR (fetalclip data pack), sim:N."
 
 zeroshot_app = typer.Typer(help="Zero-shot plane classification and gestational-age estimation.", no_args_is_help=True)
 
@@ -176,7 +176,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 @zeroshot_app.command("ga")
 def ga_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset spec with pixel spacing: hc18:DIR or csv:FILE."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset spec with pixel spacing: hc18:DIR, csv:FILE or shards:DIR."),
     templates: Optional[Path] = typer.Option(None, "--templates", help="JSON list of templates (or {\"templates\": [...]}); default: ours."),
     top_k: int = typer.Option(15, "--top-k", min=1, help="Median of this many best-scoring days."),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Write the score map (.npz) for re-decoding."),
