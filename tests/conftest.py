@@ -99,8 +99,13 @@ def write_dicom(
     from pydicom.encaps import encapsulate
     from pydicom.pixels import convert_color_space
     from pydicom.uid import (
-        ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless, RLELossless, UltrasoundImageStorage,
-        UltrasoundMultiFrameImageStorage, generate_uid,
+        ExplicitVRLittleEndian,
+        JPEGBaseline8Bit,
+        JPEGLSLossless,
+        RLELossless,
+        UltrasoundImageStorage,
+        UltrasoundMultiFrameImageStorage,
+        generate_uid,
     )
 
     frames = np.asarray(frames)

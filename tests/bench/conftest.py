@@ -55,7 +55,8 @@ def fake_run(task_names: list[str] | None = None) -> BenchmarkRun:
         n = [2, 4, 8, 16]
         entries.append(_entry(ref.label, "fewshot-planes", {"macro_f1": metric(50 + 40 * quality)},
                               {"fewshot": {"n": n, "mean": [30 + 10 * i * quality for i in range(4)], "sd": [5, 4, 3, 2], "metric": "macro F1"}}))
-        entries.append(_entry(ref.label, "biometry-hc", {"hc_mean_abs_diff_mm": metric(9 - 6 * quality, [8 - 6 * quality, 10 - 6 * quality], unit="mm")}))
+        error = metric(9 - 6 * quality, [8 - 6 * quality, 10 - 6 * quality], unit="mm")
+        entries.append(_entry(ref.label, "biometry-hc", {"hc_mean_abs_diff_mm": error}))
         xy = rng.normal(size=(40, 2)) + np.repeat(np.arange(4), 10)[:, None] * 3 * quality
         entries.append(_entry(ref.label, "embedding-map", figures={"embedding_map": {
             "xy": xy.tolist(), "labels": [PLANES[i // 10] for i in range(40)], "method": "pca"}}))

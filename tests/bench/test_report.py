@@ -14,6 +14,7 @@ from PIL import Image
 
 from fetalclip.bench.report import markdown_table, write_report
 
+
 def _inline_pngs(page: str) -> list[np.ndarray]:
     encoded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     return [np.asarray(Image.open(io.BytesIO(base64.b64decode(text))).convert("L")) for text in encoded]
@@ -96,7 +97,8 @@ def test_markdown_escapes_labels_taken_from_paths(two_model_run):
     entries = [{**e, "model": hostile} if e["model"] == old else e for e in two_model_run.entries]
     run = dataclasses.replace(two_model_run, models=models, entries=entries)
     header, _, first, second = markdown_table(run).splitlines()[:4]
-    unescaped_pipes = lambda line: len(re.findall(r"(?<!\\)\|", line))
+    def unescaped_pipes(line):
+        return len(re.findall(r"(?<!\\)\|", line))
     assert unescaped_pipes(second) == unescaped_pipes(first) == unescaped_pipes(header)
     assert not re.search(r"(?<!\\)[<*\[`]", second.split(" | ")[0])  # every special of the label escaped
     assert r"\<img" in second and r"\[z\]" in second

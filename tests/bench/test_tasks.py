@@ -17,14 +17,14 @@ from fetalclip.bench.tasks import (
     feature_cache,
     protocol_options,
 )
+from fetalclip.data.datasets import open_dataset
+from fetalclip.errors import FetalCLIPError
 from fetalclip.tasks.maps import cam_prompts, default_prompt_set, project_2d, stratified_indices
 from fetalclip.tasks.result import TaskOptions
 
 # The figure tasks as the benchmark runs them (options from the context, results in the stored shape).
 cams_task = default_registry().get("cams").fn
 embedding_map_task = default_registry().get("embedding-map").fn
-from fetalclip.data.datasets import open_dataset
-from fetalclip.errors import FetalCLIPError
 
 # The published table's column order.
 PUBLISHED_TASKS = ["zeroshot-planes", "zeroshot-brain", "zeroshot-ga", "probe-planes", "probe-brain",

@@ -31,7 +31,8 @@ def _hc18_manifest(hc18_dir, path, n=3, spacing=True):
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "pixel_spacing_mm", "hc_mm"])
         for row in rows:
-            writer.writerow([hc18_dir / "training_set" / row["filename"], "brain", row["pixel size(mm)"] if spacing else "", row["head circumference (mm)"]])
+            spacing_mm = row["pixel size(mm)"] if spacing else ""
+            writer.writerow([hc18_dir / "training_set" / row["filename"], "brain", spacing_mm, row["head circumference (mm)"]])
     return path
 
 

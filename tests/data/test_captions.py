@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from fetalclip.data.captions import (
-    VIEW_PHRASES, caption_ga_days, caption_sample, format_ga, load_caption_fn, template_caption, view_key, view_phrases,
+    VIEW_PHRASES,
+    caption_ga_days,
+    caption_sample,
+    format_ga,
+    load_caption_fn,
+    template_caption,
+    view_key,
+    view_phrases,
 )
 from fetalclip.data.labels import known_labels
 from fetalclip.errors import FetalCLIPError

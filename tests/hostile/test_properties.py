@@ -179,9 +179,9 @@ def test_any_bytes_as_a_checkpoint_config(folder, data):
                        st.none() | st.booleans() | st.integers() | st.text(max_size=10), max_size=5),
        st.integers(min_value=0, max_value=FORMAT_VERSION))
 def test_a_valid_checkpoint_config_round_trips(folder, settings_, version):
-    from fetalclip.models.checkpoint import CONFIG_FILE, write_checkpoint_dir
-
     import torch
+
+    from fetalclip.models.checkpoint import CONFIG_FILE, write_checkpoint_dir
 
     out = folder / "ckpt"
     write_checkpoint_dir(out, {"w": torch.zeros(1)}, settings_, overwrite=True)

@@ -23,7 +23,14 @@ from typer.testing import CliRunner
 from fetalclip.cli import app
 from fetalclip.data import readers
 from fetalclip.data.readers import (
-    FRAME_PIXELS_ENV, frame_files, image_header_size, open_image_bytes, read_frame, read_image, read_samples, reading,
+    FRAME_PIXELS_ENV,
+    frame_files,
+    image_header_size,
+    open_image_bytes,
+    read_frame,
+    read_image,
+    read_samples,
+    reading,
 )
 from fetalclip.errors import FetalCLIPError, ImageReadError
 

@@ -136,7 +136,7 @@ def test_bone_casts_an_acoustic_shadow():
         # Along the beam through the femur: soft tissue in front of the bone, shadow behind it.
         half = plan.anatomy.shapes[-1].half_width / plan.spacing_mm + 2
 
-        def mean_at(offsets):
+        def mean_at(offsets, cx=cx, cy=cy, direction=direction, image=image):
             pts = np.array([cx, cy])[None, :] + offsets[:, None] * direction[None, :]
             inside = (pts[:, 0] >= 0) & (pts[:, 0] < 256) & (pts[:, 1] >= 0) & (pts[:, 1] < 192)
             pts = pts[inside].round().astype(int)

@@ -87,8 +87,8 @@ def planes_manifest(tmp_path_factory):
 def test_zero_shot_run_is_what_the_cli_the_benchmark_and_a_hook_report(tmp_path, tiny_model, planes_manifest):
     from fetalclip.bench.tasks import TaskContext, default_registry
     from fetalclip.data.datasets import open_dataset
-    from fetalclip.train.hooks import ZeroShotHook
     from fetalclip.tasks.zeroshot_tasks import ZeroShotPlanes
+    from fetalclip.train.hooks import ZeroShotHook
 
     dataset = open_dataset(planes_manifest)
     direct = ZeroShotPlanes().run(tiny_model, dataset, progress=False, n_bootstrap=50)

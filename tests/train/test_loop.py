@@ -29,7 +29,7 @@ def test_run_folder_ends_with_a_loadable_model(tmp_path, pairs_spec):
     config = small_config([pairs_spec], steps=3, holdout_fraction=0.25, eval_every=2, save_every=2)
     result = train(config, tmp_path / "run")
     run = tmp_path / "run"
-    assert result.end_step == 3 and len(result.losses) == 3 and all(l > 0 for l in result.losses)
+    assert result.end_step == 3 and len(result.losses) == 3 and all(loss > 0 for loss in result.losses)
     assert [int(r["step"]) for r in read_log(run / "train_log.csv")] == [1, 2, 3]
     assert {r["step"] for r in read_log(run / "eval_log.csv")} == {"2", "3"}
     assert result.eval["retrieval/n"] == 6 and 0 <= result.eval["retrieval/i2t_view_r5"] <= 1

@@ -203,9 +203,8 @@ def run_benchmark(
     model_loader: Callable[..., Any] = load_model,
 ) -> BenchmarkRun:
     """Compute (or reuse) every requested task for every model; results land in ``out_dir/store``."""
-    from ..progress import progress_bar
-
     from ..data.datasets import open_dataset
+    from ..progress import progress_bar
 
     registry = registry or default_registry()
     task_names = list(tasks) if tasks else registry.names()

@@ -5,14 +5,13 @@ one shape; this module goes when the objects replace it.
 
 from __future__ import annotations
 
-from dataclasses import make_dataclass, field
+from dataclasses import field, make_dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import FetalCLIPError
-from ..growth import HC_RANGE_MM as HC_RANGE
 from ..tasks.result import Metric, Task, TaskOptions, TaskResult, TaskUnavailable
 from .tasks import TaskContext, TaskOutput, feature_cache, metric
 

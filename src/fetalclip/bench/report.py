@@ -196,7 +196,8 @@ def markdown_report(run: BenchmarkRun) -> str:
     details = markdown_metrics(run)
     if details:
         parts = parts[:-2] + ["## All metrics", *details, "", "## Models", ""]
-    parts += [f"- {_md_code(ref.label)}: {_md_code(ref.spec)} (weights sha256 `{provenance['models'][ref.label]['sha256'][:16]}…`)" for ref in run.models]
+    parts += [f"- {_md_code(ref.label)}: {_md_code(ref.spec)} "
+              f"(weights sha256 `{provenance['models'][ref.label]['sha256'][:16]}…`)" for ref in run.models]
     parts += ["", "## Data", ""]
     parts += [f"- {_md_code(key)}: {_md_code(info['spec'])}, {info['n']} images (manifest sha256 `{info['manifest_sha256'][:16]}…`)"
               for key, info in sorted(provenance.get("data", {}).items())]
@@ -322,11 +323,13 @@ def _figure_sections(run: BenchmarkRun) -> list[tuple[str, list[str]]]:
 def html_report(run: BenchmarkRun) -> str:
     provenance = run.provenance
     model_rows = "".join(
-        f"<li><code>{_esc(ref.label)}</code>: <code>{_esc(ref.spec)}</code>, weights sha256 <code>{_esc(provenance['models'][ref.label]['sha256'])}</code></li>"
+        f"<li><code>{_esc(ref.label)}</code>: <code>{_esc(ref.spec)}</code>, "
+        f"weights sha256 <code>{_esc(provenance['models'][ref.label]['sha256'])}</code></li>"
         for ref in run.models
     )
     data_rows = "".join(
-        f"<li><code>{_esc(key)}</code>: <code>{_esc(info['spec'])}</code>, {info['n']} images, manifest sha256 <code>{_esc(info['manifest_sha256'])}</code></li>"
+        f"<li><code>{_esc(key)}</code>: <code>{_esc(info['spec'])}</code>, {info['n']} images, "
+        f"manifest sha256 <code>{_esc(info['manifest_sha256'])}</code></li>"
         for key, info in sorted(provenance.get("data", {}).items())
     )
     skipped = "".join(

@@ -70,8 +70,8 @@ def benchmark_command(
     from ..bench.harness import parse_data_args, parse_model_args, run_benchmark
     from ..bench.report import markdown_table, write_report
     from ..bench.tasks import default_registry, protocol_options
-    from ..tasks.explain import METHODS
     from ..errors import FetalCLIPError
+    from ..tasks.explain import METHODS
 
     registry = default_registry()
     base = protocol_options(protocol)

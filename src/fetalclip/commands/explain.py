@@ -29,10 +29,10 @@ def explain_command(
     from ..bench.figures import cam_panels
     from ..bench.harness import load_model
     from ..data.readers import read_frame
-    from ..io import write_bytes_atomic
-    from ..tasks.explain import METHODS, class_embeddings, compute_cams, load_prompt_set
     from ..errors import FetalCLIPError
+    from ..io import write_bytes_atomic
     from ..outputs import check_outputs
+    from ..tasks.explain import METHODS, class_embeddings, compute_cams, load_prompt_set
 
     if method not in METHODS:
         raise FetalCLIPError(f"--method {method!r}: use one of {', '.join(METHODS)}")

@@ -38,7 +38,6 @@ def sim_command(
     from ..errors import FetalCLIPError
     from ..outputs import RunFolder, check_outputs
     from ..progress import progress_bar
-
     from ..sim.dataset import parse_sim_spec, write_phantom
 
     age = f",ga={ga}" if ga.strip() else ""

@@ -182,7 +182,8 @@ def ga_command(
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Write the score map (.npz) for re-decoding."),
     scores: Optional[Path] = typer.Option(None, "--scores", help="Re-decode a saved score map instead of running a model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Result JSON; the CSV and PNG go beside it unless named."),
-    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Per-image predictions (default: OUT with .csv, or OUT_STEM.per-image.csv if OUT is a .csv)."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Per-image predictions (default: OUT with .csv;"
+                                                                   "OUT_STEM.per-image.csv if OUT is a .csv)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Scatter plot PNG (default: OUT with .png, or OUT_STEM.scatter.png if OUT is a .png)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
     device: str = typer.Option("cpu", "--device"),

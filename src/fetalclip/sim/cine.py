@@ -55,7 +55,7 @@ class CineConfig:
             raise ValueError(f"a cine loop needs at least 2 frames, not {self.frames}")
         if self.clips_per_patient < 1:
             raise ValueError("clips_per_patient must be at least 1")
-        self.images  # validates seed, size, age range and overlay once, with the image phantom's messages
+        _ = self.images  # validates seed, size, age range and overlay once, with the image phantom's messages
 
     @property
     def images(self) -> SimConfig:

@@ -18,7 +18,6 @@ import numpy as np
 
 from .geometry import PolarGrid, pixel_window
 
-
 _CIRCLE = (np.cos(np.linspace(0, 2 * np.pi, 48, endpoint=False)), np.sin(np.linspace(0, 2 * np.pi, 48, endpoint=False)))
 _UNIT = np.linspace(0, 1, 24)
 

@@ -35,7 +35,7 @@ class SweepConfig:
             raise ValueError(f"a sweep needs at least 4 frames, not {self.frames}")
         if not self.width > 0:
             raise ValueError("width must be positive")
-        self.standard, self.off_plane  # validates the plane name with the image phantom's message
+        _ = self.standard, self.off_plane  # validates the plane name with the image phantom's message
 
     @property
     def standard(self) -> SimConfig:

@@ -9,7 +9,8 @@ layer the published FetalCLIP figures used), reshaped to the patch grid:
   other classes of the prompt set (zero-shot logits, 100 x cosine; see ``_margin``), summed over channels;
   one forward and one backward pass per batch, so it is cheap enough for reports.
 - ``scorecam``: the published figures' method (Wang et al. 2020). Each channel, min-max scaled to [0, 1] and
-  upsampled, masks the input; its weight is the gain in the target's margin over a fully masked input. Gradient-free, but it costs one forward pass per channel (1,024 for ViT-L).
+  upsampled, masks the input; its weight is the gain in the target's margin over a fully masked input.
+  Gradient-free, but it costs one forward pass per channel (1,024 for ViT-L).
 
 Both keep the positive part of the map. Gradients are taken with respect to the hooked
 activations only (``torch.autograd.grad``), so parameters' ``.grad`` stay untouched and frozen models work.

@@ -44,8 +44,16 @@ from .checkpointing import (
 )
 from .config import TrainConfig, trajectory_differences
 from .data import (
-    Augmentation, PairDataset, StepBatchSampler, held_out_dataset, held_out_pairs, make_loader, open_sources,
-    resolve_caption_fn, split_by_patient, view_balance_weights,
+    Augmentation,
+    PairDataset,
+    StepBatchSampler,
+    held_out_dataset,
+    held_out_pairs,
+    make_loader,
+    open_sources,
+    resolve_caption_fn,
+    split_by_patient,
+    view_balance_weights,
 )
 from .distributed import DistContext, barrier, broadcast_object, gather_objects, init_distributed, mean_across, shutdown_distributed
 from .hooks import EvalHook, RetrievalHook, configured_hooks, has_configured_hooks
