@@ -21,7 +21,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fetalclip.cli import app
-from fetalclip.data import readers
+from fetalclip.data import read_rules, readers
 from fetalclip.data.readers import (
     FRAME_PIXELS_ENV,
     frame_files,
@@ -159,9 +159,9 @@ def test_gif_declaring_a_huge_screen(tmp_path):
 
 def test_frames_times_size_per_file(tmp_path, monkeypatch):
     gif = animated_gif(tmp_path / "loop.gif", frames=3, size=16)
-    monkeypatch.setattr(readers, "MAX_FILE_PIXELS", 3 * 16 * 16 - 1)
+    monkeypatch.setattr(read_rules, "MAX_FILE_PIXELS", 3 * 16 * 16 - 1)
     assert_read_error(gif, "declares 3 frames of 16x16")
-    monkeypatch.setattr(readers, "MAX_FILE_PIXELS", 3 * 16 * 16)
+    monkeypatch.setattr(read_rules, "MAX_FILE_PIXELS", 3 * 16 * 16)
     assert len(list(read_samples(gif))) == 3
 
 

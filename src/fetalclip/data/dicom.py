@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ImageReadError
 from .frames import FrameSelection
-from .readers import check_pixel_budget, reading, require_file
+from .read_rules import check_pixel_budget, reading, require_file
 from .sample import make_sample
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")

@@ -7,7 +7,7 @@ name, rather than later inside a batch. Decoding keeps the stored depth and colo
 turning pixels into model input is preprocessing's job, not the reader's. DICOM and video support live in
 their own modules and are imported only when such a file shows up.
 
-Two rules hold for every format, and live here so the DICOM and video readers share them:
+Two rules hold for every format; they live in ``read_rules`` so the DICOM and video readers share them:
 
 * One pixel budget (``check_pixel_budget``), applied to the size a file *declares* before any pixel is
   decoded: at most ``MAX_FRAME_PIXELS`` per frame (``FETALCLIP_MAX_FRAME_PIXELS`` changes it for a site with
@@ -39,83 +39,23 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from ..errors import FetalCLIPError, ImageReadError
+from ..errors import ImageReadError
 from .frames import FrameSelection
+from .read_rules import (  # noqa: F401  (re-exported: the readers' public rules)
+    FRAME_PIXELS_ENV,
+    MAX_FILE_PIXELS,
+    MAX_FRAME_PIXELS,
+    MAX_FRAMES,
+    check_frame_count,
+    check_pixel_budget,
+    max_frame_pixels,
+    reading,
+    require_file,
+)
 from .sample import make_sample
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 _MULTIPAGE_SUFFIXES = (".tif", ".tiff", ".gif")
-
-# -- the pixel budget -------------------------------------------------------------------------------------------
-# 8192 x 8192: four times the largest ultrasound frame in common use; one such frame, 16-bit RGB, is 400 MB.
-MAX_FRAME_PIXELS = 8192 * 8192
-FRAME_PIXELS_ENV = "FETALCLIP_MAX_FRAME_PIXELS"
-# An hour and a half of cine at 30 fps; a larger count is a damaged or hostile header, not a scan.
-MAX_FRAMES = 200_000
-# All frames of one file together (about 87,000 frames of 1024x768): bounds the work one file can ask for.
-MAX_FILE_PIXELS = 2**36
-
-
-def max_frame_pixels() -> int:
-    """The per-frame pixel limit in force (``FETALCLIP_MAX_FRAME_PIXELS`` or ``MAX_FRAME_PIXELS``)."""
-    text = os.environ.get(FRAME_PIXELS_ENV, "").strip()
-    if not text:
-        return MAX_FRAME_PIXELS
-    try:
-        limit = int(text)
-    except ValueError:
-        limit = 0
-    if limit < 1:
-        raise FetalCLIPError(f"{FRAME_PIXELS_ENV}={text!r}: expected a positive whole number of pixels")
-    return limit
-
-
-def check_pixel_budget(path: str | os.PathLike, width: int, height: int, frames: int = 1) -> None:
-    """``ImageReadError`` unless ``frames`` frames of ``width`` x ``height`` fit the budget; call before decoding."""
-    width, height, frames = int(width), int(height), int(frames)
-    if width < 1 or height < 1:
-        raise ImageReadError(path, f"declares a {width}x{height} image")
-    limit = max_frame_pixels()
-    if width * height > limit:
-        raise ImageReadError(path, f"declares {width}x{height} = {width * height:,} pixels per frame, over the limit of "
-                                   f"{limit:,} (set {FRAME_PIXELS_ENV} to allow larger images)")
-    check_frame_count(path, frames)
-    if frames * width * height > MAX_FILE_PIXELS:
-        raise ImageReadError(path, f"declares {frames:,} frames of {width}x{height}, over the limit of "
-                                   f"{MAX_FILE_PIXELS:,} pixels per file")
-
-
-def check_frame_count(path: str | os.PathLike, frames: int) -> None:
-    """``ImageReadError`` unless a source's frame count is between 1 and ``MAX_FRAMES``."""
-    if frames < 1:
-        raise ImageReadError(path, f"declares {frames} frames")
-    if frames > MAX_FRAMES:
-        raise ImageReadError(path, f"declares {frames:,} frames, over the limit of {MAX_FRAMES:,} per file")
-
-
-# -- the error boundary -----------------------------------------------------------------------------------------
-@contextmanager
-def reading(path: str | os.PathLike) -> Iterator[None]:
-    """Run decoding code for ``path``: any failure comes out as ``ImageReadError`` naming the file.
-
-    The project's own errors pass unchanged (they already name the file); everything else is a library saying
-    the bytes are not what they claim, whatever its type, and is chained so ``-v`` still shows where.
-    """
-    try:
-        yield
-    except FetalCLIPError:
-        raise
-    except MemoryError:
-        raise ImageReadError(path, "not enough memory to decode it") from None
-    except Exception as exc:
-        detail = " ".join(str(exc).split())  # one line, whatever the library's message looks like
-        raise ImageReadError(path, f"cannot decode ({type(exc).__name__}: {detail})") from exc
-
-
-def require_file(path: Path) -> None:
-    """A regular file, or ``ImageReadError`` saying what it is instead."""
-    if not path.is_file():
-        raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
 
 
 @contextmanager

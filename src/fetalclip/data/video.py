@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ImageReadError
 from .frames import FrameSelection
-from .readers import MAX_FRAMES, check_frame_count, check_pixel_budget, reading, require_file
+from .read_rules import MAX_FRAMES, check_frame_count, check_pixel_budget, reading, require_file
 from .sample import make_sample
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")

@@ -26,8 +26,10 @@ from functools import lru_cache
 import numpy as np
 
 from .anatomy import HEART_DEFECTS, Anatomy, HeartState, build
+from .burn import burn_overlay
 from .geometry import PolarGrid, Sector, scan_conversion
 from .shapes import Fields, Placement, Shape, paint_mask
+from .speckle import quantise_psf, smooth_profile, speckle
 
 BRAIN_SLOTS = ("trans-thalamic", "trans-cerebellum", "trans-ventricular")
 DEFAULT_CLASSES = ("brain", "abdomen", "femur", "thorax", "cervix", "other")
@@ -332,62 +334,6 @@ def plan_sample(config: SimConfig, index: int, heart: HeartState | None = None) 
     return plan
 
 
-def _quantise(sigma: float) -> float:
-    """PSF widths on a 0.05 grid, capped at 4 samples: few distinct kernels, so their cache stays small."""
-    return round(min(sigma, 4.0) * 20) / 20
-
-
-@lru_cache(maxsize=128)
-def _kernel(sigma: float) -> np.ndarray:
-    """Gaussian PSF taps with unit L2 norm, so filtered white noise keeps unit variance."""
-    half = max(1, math.ceil(2.5 * sigma))
-    x = np.arange(-half, half + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (x / sigma) ** 2)
-    return (k / np.sqrt(np.sum(k**2))).astype(np.float32)
-
-
-def _correlate(x: np.ndarray, taps: np.ndarray, axis: int) -> np.ndarray:
-    """Correlate with a short symmetric kernel along ``axis``, edges extended (numpy only: no SciPy needed).
-
-    A sum of shifted slices: for the few taps of a PSF this matches a library convolution in speed.
-    """
-    half = len(taps) // 2
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (half, half)
-    padded = np.pad(x, pad, mode="edge")
-    n = x.shape[axis]
-    index = [slice(None)] * x.ndim
-    out = None
-    for k, weight in enumerate(taps):
-        index[axis] = slice(k, k + n)
-        term = padded[tuple(index)] * weight
-        out = term if out is None else out + term
-    return out
-
-
-def _smooth_profile(rng: np.random.Generator, n: int, strength: float) -> np.ndarray:
-    x = _correlate(rng.standard_normal(n), _kernel(max(1.0, round(n / 10))), axis=0)
-    return (strength * x / (np.std(x) + 1e-9)).astype(np.float32)
-
-
-def speckle(
-    echo: np.ndarray, specular: np.ndarray, psf_depth: float, psf_lateral: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Envelope of a fully developed speckle field plus coherent specular echoes, on a (depth, line) grid.
-
-    Many sub-resolution scatterers per cell make the received signal a circular complex Gaussian with power
-    ``echo``; the PSF (separable Gaussian, ``psf_*`` in samples and lines, unit L2 norm so uniform tissue keeps
-    its power) correlates it over the resolution cell. Specular echoes add in phase. Where ``specular`` is
-    zero the magnitude is Rayleigh distributed (mean / std = 1.91).
-    """
-    z = rng.standard_normal((2, *echo.shape), dtype=np.float32)
-    z *= np.sqrt(echo, dtype=np.float32)
-    z = _correlate(z, _kernel(psf_depth), axis=1)
-    z = _correlate(z, _kernel(psf_lateral), axis=2)
-    z[0] += specular
-    return np.sqrt(z[0] * z[0] + z[1] * z[1])  # np.hypot is several times slower
-
-
 def echo_fields(plan: Plan, grid: PolarGrid, shapes: list[Shape]) -> Fields:
     """Tissue echo power, specular amplitude and bone attenuation on the beam-line grid."""
     sc = plan.scanner
@@ -423,13 +369,13 @@ def render_plan(plan: Plan, noise_seed: tuple[int, ...], shading_seed: tuple[int
     shading = rng if shading_seed is None else np.random.default_rng(list(shading_seed))
 
     # Slow brightness variation (uneven tissue, beam profile) as a separable log-amplitude field.
-    log_mod = _smooth_profile(shading, grid.n_r, sc.modulation)[:, None]
-    log_mod = log_mod + _smooth_profile(shading, grid.n_lines, sc.modulation)[None, :]
+    log_mod = smooth_profile(shading, grid.n_r, sc.modulation)[:, None]
+    log_mod = log_mod + smooth_profile(shading, grid.n_lines, sc.modulation)[None, :]
     # The resolution cell is fixed in mm by the transducer; in grid units it follows the spacing, but never
     # drops below about one sample, where a display could no longer show speckle as grains.
     line_mm = 0.5 * (plan.sector.r_min + plan.sector.r_max) * grid.dphi * plan.spacing_mm
-    psf_depth = _quantise(max(0.7, sc.psf_axial_mm / (grid.dr * plan.spacing_mm)))
-    psf_lateral = _quantise(max(0.6, sc.psf_lateral_mm / line_mm))
+    psf_depth = quantise_psf(max(0.7, sc.psf_axial_mm / (grid.dr * plan.spacing_mm)))
+    psf_lateral = quantise_psf(max(0.6, sc.psf_lateral_mm / line_mm))
     envelope = speckle(fields.echo * np.exp(2 * log_mod), fields.specular, psf_depth, psf_lateral, rng)
 
     # Two-way loss in amplitude: bone behind the sample (exclusive cumulative sum) and uncorrected depth loss.
@@ -453,40 +399,3 @@ def render_plan(plan: Plan, noise_seed: tuple[int, ...], shading_seed: tuple[int
     if plan.overlay is not None:
         image = burn_overlay(image, plan)
     return image, mask
-
-
-@lru_cache(maxsize=1)
-def _font():
-    from PIL import ImageFont
-
-    return ImageFont.load_default_imagefont()
-
-
-def burn_overlay(image: np.ndarray, plan: Plan) -> np.ndarray:
-    """Scanner text in the top corners, a depth ruler with 1 cm ticks and caliper crosses, burned into pixels."""
-    from PIL import Image, ImageDraw
-
-    ov = plan.overlay
-    canvas = Image.fromarray(image)
-    draw = ImageDraw.Draw(canvas)
-    font = _font()
-    for row, text in enumerate(ov.text_left):
-        draw.text((2, 1 + 10 * row), text, fill=ov.brightness, font=font)
-    for row, text in enumerate(ov.text_right):
-        draw.text((plan.width - 2 - 6 * len(text), 1 + 10 * row), text, fill=ov.brightness, font=font)
-    out = np.array(canvas)
-    if ov.ruler:
-        s = plan.sector
-        step_cm = 1 if 10 / plan.spacing_mm >= 4 else 5
-        x = plan.width - 4
-        for k in range(int((s.r_max - s.r_min) * plan.spacing_mm / (10 * step_cm)) + 1):
-            y = int(round(s.apex_y + s.r_min + k * 10 * step_cm / plan.spacing_mm))
-            if 0 <= y < plan.height:
-                out[y, x - (3 if k % 5 == 0 else 1): x + 1] = ov.brightness
-    arm = max(2, plan.width // 128)
-    for cx, cy in ov.calipers:
-        x, y = int(round(cx)), int(round(cy))
-        if arm <= x < plan.width - arm and arm <= y < plan.height - arm:
-            out[y, x - arm: x + arm + 1] = ov.brightness
-            out[y - arm: y + arm + 1, x] = ov.brightness
-    return out

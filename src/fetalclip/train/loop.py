@@ -33,11 +33,8 @@ import torch
 from ..errors import FetalCLIPError
 from ..io import write_json_atomic
 from .checkpointing import (
-    CHECKPOINT_DIR,
     UNREADABLE_SUFFIX,
-    list_checkpoints,
     load_latest_checkpoint,
-    remove_partial_writes,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -59,14 +56,12 @@ from .distributed import DistContext, barrier, broadcast_object, gather_objects,
 from .hooks import EvalHook, RetrievalHook, configured_hooks, has_configured_hooks
 from .modeling import build_model
 from .optim import build_optimizer
-from .runlog import EVAL_LOG, TRAIN_LOG, RunLog, read_log
+from .rundir import CONFIG_FILE, MODEL_DIR, SUMMARY_FILE, has_history, prepare_run_dir
+from .runlog import RunLog
 from .schedule import WarmupCosine, set_lr
 
 log = logging.getLogger("fetalclip.train")
 
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
-MODEL_DIR = "model"
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
@@ -105,47 +100,6 @@ def _make_loss(config: TrainConfig, ctx: DistContext):
     )
 
 
-# What a run folder holds of a run; ``--restart`` moves exactly these aside.
-RUN_ENTRIES = (CONFIG_FILE, SUMMARY_FILE, TRAIN_LOG, EVAL_LOG, CHECKPOINT_DIR, "model", "tensorboard")
-
-
-def _has_history(run_dir: Path) -> bool:
-    """Whether the folder holds anything a fresh start would destroy: checkpoints or logged steps."""
-    folder = run_dir / CHECKPOINT_DIR
-    if folder.is_dir() and any(folder.iterdir()):
-        return True
-    return bool(read_log(run_dir / TRAIN_LOG)) or (run_dir / "model").exists()
-
-
-def _set_run_aside(run_dir: Path) -> Path:
-    """Move the folder's run (logs, checkpoints, model) into ``previous-<time>/`` and return that folder."""
-    aside = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
-    suffix = 1
-    while aside.exists():  # two restarts within one second
-        aside, suffix = run_dir / f"{aside.name.split('.')[0]}.{suffix}", suffix + 1
-    aside.mkdir()
-    for name in RUN_ENTRIES:
-        if (run_dir / name).exists():
-            (run_dir / name).rename(aside / name)
-    return aside
-
-
-def _prepare_run_dir(run_dir: Path, resume: bool, restart: bool, ctx: DistContext) -> None:
-    if ctx.is_main:
-        if resume and restart:
-            raise FetalCLIPError("--resume and --restart exclude each other: continue the run, or start it over")
-        existing = list_checkpoints(run_dir) or (run_dir / CONFIG_FILE).is_file() or _has_history(run_dir)
-        if existing and not (resume or restart):
-            raise FetalCLIPError(f"{run_dir}: holds a run already; pass --resume to continue it, --restart to start "
-                                 "over (the old run is kept aside), or choose another --out")
-        if existing and restart:
-            log.warning("%s: previous run moved to %s", run_dir, _set_run_aside(run_dir))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for partial in remove_partial_writes(run_dir):
-            log.warning("%s: removed the temporary file of an interrupted checkpoint write", partial)
-    barrier(ctx)
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -180,7 +134,7 @@ def train(
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hooks: list, builtin_hooks: bool,
            ctx: DistContext) -> TrainResult:
-    _prepare_run_dir(run_dir, resume, restart, ctx)
+    prepare_run_dir(run_dir, resume, restart, ctx)
     device = ctx.device
     per_step = ctx.world_size * config.accum_steps
     if config.batch_size % per_step:
@@ -192,7 +146,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hook
 
     # -- state to resume ------------------------------------------------------------------------------------
     checkpoint = load_latest_checkpoint(run_dir, set_aside_unreadable=ctx.is_main) if resume else None
-    if resume and checkpoint is None and _has_history(run_dir):
+    if resume and checkpoint is None and has_history(run_dir):
         raise FetalCLIPError(f"{run_dir}: --resume found no readable checkpoint to continue from (damaged ones are "
                              f"set aside as *{UNREADABLE_SUFFIX}); pass --restart to start over, keeping the old run aside")
     if checkpoint is not None:
