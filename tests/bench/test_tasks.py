@@ -49,7 +49,7 @@ def _context(tmp_path, **options):
 
 def test_registry_has_the_published_tasks_with_their_options(tmp_path, tiny_model, folder_dataset):
     registry = default_registry()
-    assert TASK_NAMES == tuple(PUBLISHED_TASKS + ["embedding-map", "cams"])
+    assert TASK_NAMES == tuple(PUBLISHED_TASKS + ["transfer-planes", "embedding-map", "cams"])
     assert registry.get("biometry-hc").higher_is_better is False
     assert registry.get("zeroshot-ga").published == {"FetalCLIP": 83.42, "CLIP ViT-L/14": 11.43}
     for spec in registry:  # every task is connected (version >= 2), a task object with typed options

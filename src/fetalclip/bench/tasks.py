@@ -25,6 +25,7 @@ from ..errors import FetalCLIPError
 from ..tasks.maps import CAMs, EmbeddingMap, png_base64
 from ..tasks.probe_tasks import ClipProbe, FewShotPlanes, ProbeBrain, ProbePlanes
 from ..tasks.result import Metric, Task, TaskUnavailable
+from ..tasks.transfer_tasks import TransferPlanes
 from ..tasks.zeroshot_tasks import ZeroShotBrain, ZeroShotGA, ZeroShotPlanes
 
 TaskOutput = dict[str, Any]
@@ -216,6 +217,8 @@ def default_registry() -> TaskRegistry:
               published=_published(97.92, 97.70), description="head segmentation, pooled Dice"),
             S("biometry-hc", "seg", "HC abs. error", "hc_mean_abs_diff_mm", BiometryTask, version=3, options_from="segment-hc",
               higher_is_better=False, unit="mm", description="head circumference from segmentation, mean |error|"),
+            S("transfer-planes", "planes", "LOMO LP F1", "probe_macro_f1", TransferPlanes, version=2,
+              description="transfer: leave-one-machine-out linear probe (and zero-shot), mean macro F1 over machines"),
             S("embedding-map", "planes", "embedding map", None, EmbeddingMap, version=2,
               description="2-D map of image embeddings coloured by class (figure only)"),
             S("cams", "planes", "CAMs", None, CAMs, version=2,

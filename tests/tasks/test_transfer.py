@@ -1,0 +1,52 @@
+"""Leave-one-machine-out transfer on FETAL_PLANES_DB: each machine held out in turn, patients never crossing."""
+
+from __future__ import annotations
+
+import pytest
+
+from fetalclip.data.datasets import open_dataset
+from fetalclip.errors import FetalCLIPError
+from fetalclip.tasks.result import TaskUnavailable
+from fetalclip.tasks.transfer_tasks import TransferPlanes, domain_of
+
+
+@pytest.fixture(scope="module")
+def fpdb(fpdb_dir):
+    return open_dataset(f"fpdb:{fpdb_dir}")
+
+
+def test_each_machine_is_held_out_and_scored(fpdb, tiny_model, tmp_path):
+    from fetalclip.tasks.features import FeatureCache
+
+    machines = sorted({domain_of(r, "us_machine") for r in fpdb.records})
+    result = TransferPlanes({"epochs": 3, "folds": 2}).run(tiny_model, fpdb, FeatureCache(tiny_model, tmp_path), progress=False,
+                                                          n_bootstrap=20)
+    assert result.details["held_out"] == machines and len(machines) >= 3
+    per_machine = [result.metrics[f"probe_macro_f1_{m.lower().replace(' ', '_')}"] for m in machines]
+    assert sum(d["n_test"] for d in result.details["domains"].values()) == len(fpdb)  # every image tested once
+    for machine, metric in zip(machines, per_machine):
+        domain = result.details["domains"][machine]
+        assert metric.n == domain["n_test"] and domain["n_train"] + domain["n_test"] == len(fpdb)
+    mean = sum(m.value for m in per_machine) / len(per_machine)
+    assert result.metrics["probe_macro_f1"].value == pytest.approx(mean) and result.metrics["probe_macro_f1"].n == len(machines)
+    assert result.metrics["zeroshot_macro_f1"].n == len(machines)
+
+
+def test_a_patient_on_two_machines_is_refused_and_small_groups_are_not_held_out(fpdb, tiny_model):
+    records = [dict(r, metadata=dict(r["metadata"])) for r in fpdb.records]
+    first = records[0]
+    other = next(r for r in records if r["patient"] == first["patient"] and r is not first)
+    other["metadata"]["us_machine"] = next(domain_of(r, "us_machine") for r in records if domain_of(r, "us_machine") != domain_of(first, "us_machine"))
+    leaky = fpdb.subset(range(len(fpdb)))
+    leaky.records = records
+    with pytest.raises(FetalCLIPError, match=f"patient {first['patient']} has images in two us_machine groups"):
+        TransferPlanes().run(tiny_model, leaky, progress=False)
+    with pytest.raises(TaskUnavailable, match="holding one out needs at least two"):
+        TransferPlanes({"min_images": 10_000}).run(tiny_model, fpdb, progress=False)
+    with pytest.raises(FetalCLIPError, match="min_images = 0"):
+        TransferPlanes({"min_images": 0})
+
+
+def test_data_without_domains_is_unavailable(tiny_model):
+    with pytest.raises(TaskUnavailable, match="us_machine"):
+        TransferPlanes().run(tiny_model, open_dataset("sim:8,size=64"), progress=False)
