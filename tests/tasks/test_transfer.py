@@ -36,7 +36,8 @@ def test_a_patient_on_two_machines_is_refused_and_small_groups_are_not_held_out(
     records = [dict(r, metadata=dict(r["metadata"])) for r in fpdb.records]
     first = records[0]
     other = next(r for r in records if r["patient"] == first["patient"] and r is not first)
-    other["metadata"]["us_machine"] = next(domain_of(r, "us_machine") for r in records if domain_of(r, "us_machine") != domain_of(first, "us_machine"))
+    machine = domain_of(first, "us_machine")
+    other["metadata"]["us_machine"] = next(domain_of(r, "us_machine") for r in records if domain_of(r, "us_machine") != machine)
     leaky = fpdb.subset(range(len(fpdb)))
     leaky.records = records
     with pytest.raises(FetalCLIPError, match=f"patient {first['patient']} has images in two us_machine groups"):
