@@ -9,6 +9,12 @@ alternate for several rounds (load that comes and goes on a shared machine hits 
 compared; the last line is the steady-state overhead. Cold start = model load + predictor build + first
 answer, for a model name (random weights, nothing read from disk but the image).
 
+The sweep part times a 64-frame phantom sweep (PNG frames in a folder, ``sim.sweep``): ``Predictor.sweep`` on
+the folder (every frame's plane, the best frame per plane, the head answer of the best brain frame) against
+``fetalclip embed``'s throughput path (``tasks.embed.embed_files``, mode ``exact``) on the same files, both
+with batches of 32, alternating for ``--sweep-rounds`` rounds after one warm-up each; the last line is the
+ratio of frames/s, ours over embed's (the issue asks for at least 0.9).
+
     FETALCLIP_DATA=/path/to/shared/data python benchmarks/predict.py [--model fetalclip-vit-b16] [--rounds 5]
 """
 
@@ -18,6 +24,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +49,8 @@ def main() -> None:
     parser.add_argument("--model", default="fetalclip-vit-b16")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=5, help="calls per side per round")
+    parser.add_argument("--frames", type=int, default=64, help="frames of the sweep")
+    parser.add_argument("--sweep-rounds", type=int, default=3)
     args = parser.parse_args()
 
     from fetalclip.data.readers import read_frame
@@ -79,6 +88,34 @@ def main() -> None:
         print(f"  {name:<13} median {1000 * statistics.median(values):7.1f} ms  "
               f"(min {1000 * min(values):.1f}, max {1000 * max(values):.1f})")
     print(f"predictor / bare forward: {mine / base:.3f}x  (overhead {100 * (mine / base - 1):+.1f}%)")
+    sweep_ratio = sweep_throughput(model, predictor, args.frames, args.sweep_rounds)
+    print(f"ratio: {sweep_ratio:.3f}")
+
+
+def sweep_throughput(model, predictor, frames: int, rounds: int, batch_size: int = 32) -> float:
+    """Frames/s of ``Predictor.sweep`` over those of ``embed_files`` on one phantom sweep's PNG frames."""
+    from fetalclip.sim.sweep import SweepConfig, write_sweeps
+    from fetalclip.tasks.embed import embed_files
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_sweeps(1, SweepConfig(frames=frames), tmp)
+        folder = Path(tmp) / "sweeps" / "000000"
+        files = sorted(folder.glob("*.png"))
+        sides = {"embed_files": lambda: embed_files(model, files, batch_size=batch_size, mode="exact"),
+                 "Predictor.sweep": lambda: predictor.sweep(folder, spacing_mm=SPACING_MM, batch_size=batch_size)}
+        for call in sides.values():  # warm-up: the exact mode's weight packing, the GA text bank
+            call()
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for _ in range(rounds):
+            for name, call in sides.items():
+                began = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - began)
+    rates = {name: frames / statistics.median(values) for name, values in times.items()}
+    print(f"sweep of {frames} frames ({rounds} rounds, batch {batch_size}):")
+    for name, rate in rates.items():
+        print(f"  {name:<16} {rate:7.1f} frames/s  (median {statistics.median(times[name]):.2f} s)")
+    return rates["Predictor.sweep"] / rates["embed_files"]
 
 
 if __name__ == "__main__":

@@ -156,7 +156,8 @@ def test_segment_and_biometry_cli_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         main(["probe", "segment", "--data", f"csv:{manifest}", "--epochs", "3", "--batch-size", "4", "--lr", "3e-3",
-              "--channels", ",".join(map(str, SMALL)), "--size", "64", "--threads", "1", "--test-fraction", "0.25", "--cache", str(tmp_path / "cache"),
+              "--channels", ",".join(map(str, SMALL)), "--size", "64", "--threads", "1", "--test-fraction", "0.25",
+              "--cache", str(tmp_path / "cache"),
               "--save", str(run), "--out", str(tmp_path / "seg.json")])
     assert exit_info.value.code == 0
     assert json.loads((tmp_path / "seg.json").read_text())["provenance"]["encoded_this_run"] == 16

@@ -28,7 +28,7 @@ def hc_command(
     from ..errors import FetalCLIPError
     from ..io import write_json_atomic
     from ..outputs import check_outputs, dataset_inputs
-    from ..tasks.biometry import measure_dataset
+    from ..tasks.segmentation_tasks import BiometryHC
     from .probe import SEGMENTER_FILES
 
     if threads:
@@ -38,45 +38,64 @@ def hc_command(
     dataset = open_dataset(data)
     segmenter_files = [segmenter / name for name in SEGMENTER_FILES] if segmenter else []
     check_outputs({"--out": out}, inputs=[*dataset_inputs(dataset), *segmenter_files], overwrite=overwrite)
-    seg, feature_cache = None, None
     if held_out and segmenter is None:
         raise FetalCLIPError("--held-out needs --segmenter (the run folder holds the split)")
-    if segmenter is not None:
+    net, feature_cache = None, None
+    if segmenter is None:
+        task = BiometryHC(dataset_masks=True)
+    else:
         from ..models import load
         from ..tasks.features import FeatureCache
-        from ..tasks.segmentation import load_decoder
+        from ..tasks.segmentation_decoder import Segmenter
         from .probe import cache_root
 
-        decoder, meta = load_decoder(segmenter)
-        encoder = meta["encoder"]
+        probe = Segmenter.load(segmenter)
+        encoder = probe.meta["encoder"]
         net = load(encoder["model"], device=device)
         feature_cache = FeatureCache(net, cache_root(cache), progress=True)
         if feature_cache.fingerprint != encoder["fingerprint"]:
             raise FetalCLIPError(f"{segmenter}: encoder {encoder['model']!r} does not have the weights the decoder was trained on "
                                  f"(fingerprint {feature_cache.fingerprint[:12]} vs {encoder['fingerprint'][:12]})")
-        seg = (decoder, encoder["taps"], int(meta.get("size", 224)))
         if held_out:
-            splits_path = segmenter / "splits.json"
-            if not splits_path.is_file():
-                raise FetalCLIPError(f"{splits_path}: missing (needed by --held-out)")
-            from ..data.splits import Splits
-
-            test_patients = set(Splits.load(splits_path).test)
-            keep = [i for i, r in enumerate(dataset.records) if str(r.get("patient")) in test_patients]
-            if not keep:
-                raise FetalCLIPError(f"{data}: none of the segmenter's test patients are in this dataset")
-            dataset = dataset.subset(keep)
-    result = measure_dataset(dataset, seg, feature_cache, progress=True)
-    result.update(data=data, segmenter=str(segmenter) if segmenter else None, held_out=held_out,
-                  rows_left_out=dataset.rows_left_out())
-    typer.echo(f"head biometry on {data}: {result['n']} images ({result['source_of_masks']} masks), {result['n_failed']} failed")
-    if result["hc_mean_abs_diff_mm"] is not None:
-        typer.echo(f"  HC mean abs diff {result['hc_mean_abs_diff_mm']:.2f} mm   mean diff {result['hc_mean_diff_mm']:+.2f} mm")
-    if result["dice"] is not None:
-        typer.echo(f"  Dice {100 * result['dice']:.2f}   Hausdorff {result['hausdorff_mm']:.2f} mm")
+            dataset = _held_out(dataset, segmenter, data)
+        task = BiometryHC(segmenter=probe)
+    result = task.run(net, dataset, feature_cache, progress=True)
+    details, metrics = result.details, result.metrics
+    typer.echo(f"head biometry on {data}: {details['n']} images ({details['source_of_masks']} masks), {details['n_failed']} failed")
+    if metrics["hc_mean_abs_diff_mm"].value is not None:
+        typer.echo(f"  HC mean abs diff {metrics['hc_mean_abs_diff_mm'].value:.2f} mm   mean diff {metrics['hc_mean_diff_mm'].value:+.2f} mm")
+    if metrics["dice"].value is not None:
+        typer.echo(f"  Dice {metrics['dice'].value:.2f}   Hausdorff {metrics['hausdorff_mm'].value:.2f} mm")
     if out is not None:
-        write_json_atomic(out, result)
+        write_json_atomic(out, {**result.to_dict(), **_flat_summary(result), "data": data,
+                                "segmenter": str(segmenter) if segmenter else None, "held_out": held_out,
+                                "rows_left_out": dataset.rows_left_out()})
         typer.echo(f"results -> {out}")
+
+
+def _held_out(dataset, segmenter: Path, data: str):
+    """The records of the segmenter run's test patients (its ``splits.json``)."""
+    from ..data.splits import Splits
+    from ..errors import FetalCLIPError
+
+    splits_path = segmenter / "splits.json"
+    if not splits_path.is_file():
+        raise FetalCLIPError(f"{splits_path}: missing (needed by --held-out)")
+    test_patients = set(Splits.load(splits_path).test)
+    keep = [i for i, r in enumerate(dataset.records) if str(r.get("patient")) in test_patients]
+    if not keep:
+        raise FetalCLIPError(f"{data}: none of the segmenter's test patients are in this dataset")
+    return dataset.subset(keep)
+
+
+def _flat_summary(result) -> dict:
+    """The summary keys of the earlier flat result file (Dice there as a fraction), for scripts that read them."""
+    metrics = result.metrics
+    dice = metrics["dice"].value
+    return {"hc_mean_abs_diff_mm": metrics["hc_mean_abs_diff_mm"].value, "hc_mean_diff_mm": metrics["hc_mean_diff_mm"].value,
+            "hc_sd_diff_mm": result.details["hc_sd_diff_mm"], "dice": None if dice is None else dice / 100.0,
+            "hausdorff_mm": metrics["hausdorff_mm"].value, "n": result.details["n"], "n_failed": result.details["n_failed"],
+            "n_skipped_not_head": result.details["n_skipped_not_head"], "source_of_masks": result.details["source_of_masks"]}
 
 
 def register(app: typer.Typer) -> None:

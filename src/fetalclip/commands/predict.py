@@ -2,6 +2,8 @@
 
 Paths may be image files (PNG, JPG, TIFF, DICOM: its first frame) or folders of them. The answers are
 ``tasks.predictor.Predictor``'s; this command reads, guards the output, counts what it skipped, and renders.
+``--segmenter DIR`` (a ``probe segment --save`` folder) adds head biometry to head views; ``--head FILE``
+(repeatable) adds a saved probe head's score: per scan for image heads, per sweep for clip heads.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .embed import MODEL_HELP
 
 CSV_COLUMNS = ("source", "plane", "probability", "calibrated", "prediction_set", "standard_plane", "brain_plane",
                "ga_weeks_days", "ga_days", "ga_range", "note")
+BIOMETRY_COLUMNS = ("hc_mm", "bpd_mm", "ofd_mm", "ga_hc_who", "ga_hc_hadlock", "hc_percentile", "fit_ok", "biometry_note")
 SWEEP_COLUMNS = ("source", "frames", "best_frames", "ga")
 
 
@@ -26,6 +29,27 @@ def _expand(paths: list[Path]) -> list[Path]:
     for path in paths:
         files.extend(frame_files(path) if path.is_dir() else [path])
     return files
+
+
+def _number(value, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _biometry_row(biometry) -> dict[str, str]:
+    """The CSV/table cells of a head's biometry (empty cells where there is none)."""
+    if biometry is None:
+        return {key: "" for key in BIOMETRY_COLUMNS}
+    quality = biometry.quality or {}
+    notes = [n for n in (biometry.reason, quality.get("reason"), *biometry.notes) if n]
+    return {"hc_mm": _number(biometry.hc_mm), "bpd_mm": _number(biometry.bpd_mm), "ofd_mm": _number(biometry.ofd_mm),
+            "ga_hc_who": biometry.ga_who_weeks_days or "", "ga_hc_hadlock": biometry.ga_hadlock_weeks_days or "",
+            "hc_percentile": _number(biometry.hc_percentile),
+            "fit_ok": "" if not quality else str(quality["ok"]).lower(), "biometry_note": "; ".join(notes)}
+
+
+def _heads_cells(heads: dict | None) -> dict[str, str]:
+    """One cell per probe head: its top class and that class's probability."""
+    return {f"head:{name}": f"{score['label']} ({score['probabilities'][score['label']]:.3f})" for name, score in (heads or {}).items()}
 
 
 def _row(answer) -> dict[str, str]:
@@ -39,6 +63,7 @@ def _row(answer) -> dict[str, str]:
         "brain_plane": brain["label"] if brain else "",
         "ga_weeks_days": age.weeks_days or "" if age else "", "ga_days": str(age.days) if age and age.days else "",
         "ga_range": "-".join(age.range_weeks_days) if age and age.range_weeks_days else "", "note": note or "",
+        **_biometry_row(answer.biometry), **_heads_cells(answer.heads),
     }
 
 
@@ -46,6 +71,10 @@ def predict_command(
     paths: list[Path] = typer.Argument(..., help="Scans: image files, DICOM files, or folders of images."),
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="From `fetalclip calibrate` for this model."),
+    segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="A `probe segment --save` folder for these weights: "
+                                             "head biometry (HC, BPD, OFD, GA from HC)."),
+    head: list[Path] = typer.Option([], "--head", help="A saved probe head (repeatable): image heads score each scan, clip heads each sweep."),
+    head_mask: bool = typer.Option(False, "--head-mask", help="Put the segmented head mask (run-length coded) into the JSON."),
     spacing: Optional[float] = typer.Option(None, "--spacing", help="Pixel spacing in mm (DICOM files carry their own)."),
     sweep: bool = typer.Option(False, "--sweep", help="Each PATH is one sweep (video, multi-frame DICOM/TIFF, frame folder): best frame per plane."),
     view: Optional[str] = typer.Option(None, "--view", help="The plane the scans show, if known (brain: always read sub-plane and GA)."),
@@ -64,36 +93,45 @@ def predict_command(
     items = paths if sweep else _expand(paths)
     if not items:
         raise FetalCLIPError("no scans found in " + ", ".join(map(str, paths)))
-    check_outputs({"--out": out}, inputs=[*items, calibration], overwrite=overwrite)
-    net, predictor = _open_predictor(model, calibration, device)
+    check_outputs({"--out": out}, inputs=[*items, calibration, segmenter, *head], overwrite=overwrite)
+    net, predictor = _open_predictor(model, calibration, device, segmenter, head, head_mask)
     if sweep:
         answers, skipped = _each(items, lambda path: predictor.sweep(path, spacing_mm=spacing, batch_size=batch_size),
                                  skip_bad, "sweep")
         rows = _show_sweeps(answers)
-        key, columns = "sweeps", SWEEP_COLUMNS
+        key = "sweeps"
+        columns = SWEEP_COLUMNS + (BIOMETRY_COLUMNS if segmenter is not None else ()) + _head_columns(rows)
     else:
         # One file at a time, so that --skip-bad can leave out exactly the file that does not read.
         answers, skipped = _each(items, lambda path: predictor(path, spacing_mm=spacing, view=view), skip_bad, "scan")
         rows = _show_scans(answers)
         if predictor.calibration is None:
             typer.echo("uncalibrated: probabilities are the raw zero-shot softmax (see `fetalclip calibrate`)")
-        key, columns = "predictions", CSV_COLUMNS
+        key = "predictions"
+        columns = CSV_COLUMNS + (BIOMETRY_COLUMNS if segmenter is not None else ()) + _head_columns(rows)
     if skipped:
         typer.echo(f"skipped {len(skipped)} unreadable files (first: {skipped[0][0]}: {skipped[0][1]})", err=True)
     if out is not None:
         _write(out, {"model": net.name, "model_reference": model, "calibration": str(calibration) if calibration else None,
+                     "segmenter": str(segmenter) if segmenter else None, "heads": [str(h) for h in head],
                      key: [answer.to_dict() for answer in answers]}, skipped, columns, rows)
 
 
-def _open_predictor(model: str, calibration: Optional[Path], device: str):
-    """The model and a predictor with its calibration (refused when fitted for other weights)."""
+def _head_columns(rows: list[dict[str, str]]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(key for row in rows for key in row if key.startswith("head:")))
+
+
+def _open_predictor(model: str, calibration: Optional[Path], device: str, segmenter: Optional[Path] = None,
+                    heads: list[Path] = (), head_mask: bool = False):
+    """The model and a predictor with its calibration and segmenter (each refused when made for other weights)."""
     from ..models import load
     from ..tasks.calibration import load_calibration
     from ..tasks.features import model_fingerprint
     from ..tasks.predictor import Predictor
 
     net = load(model, device=device)
-    return net, Predictor(net, load_calibration(calibration, model_fingerprint(net)) if calibration is not None else None)
+    fitted = load_calibration(calibration, model_fingerprint(net)) if calibration is not None else None
+    return net, Predictor(net, fitted, segmenter=segmenter, heads=list(heads), head_mask=head_mask)
 
 
 def _each(items: list[Path], answer, skip_bad: bool, unit: str) -> tuple[list, list[tuple[str, str]]]:
@@ -115,13 +153,29 @@ def _each(items: list[Path], answer, skip_bad: bool, unit: str) -> tuple[list, l
 def _show_scans(answers) -> list[dict[str, str]]:
     rows = [_row(answer) for answer in answers]
     typer.echo(f"{'scan':<36} {'plane':<10} {'p':>6} {'standard':>8} {'sub-plane':<18} {'GA':>7} {'range':<13}")
-    for row in rows:
+    for row, answer in zip(rows, answers):
         name = Path(row["source"]).name[-36:]
         typer.echo(f"{name:<36} {row['plane']:<10} {row['probability']:>6} {row['standard_plane'] or '?':>8} "
                    f"{row['brain_plane']:<18} {row['ga_weeks_days']:>7} {row['ga_range']:<13}")
         if row["note"]:
             typer.echo(f"    {row['note']}")
+        if answer.biometry is not None:
+            typer.echo(f"    {_biometry_line(row)}")
+        for cell, value in _heads_cells(answer.heads).items():
+            typer.echo(f"    {cell[len('head:'):]}: {value}")
     return rows
+
+
+def _biometry_line(row: dict[str, str]) -> str:
+    """``HC 172.3 mm  BPD 45.1  OFD 60.2  GA(HC) 20w1d WHO / 20w3d Hadlock  HC 48.2th centile  fit ok``."""
+    if not row["hc_mm"]:
+        return f"biometry: {row['biometry_note']}"
+    line = (f"HC {row['hc_mm']} mm  BPD {row['bpd_mm']}  OFD {row['ofd_mm']}  "
+            f"GA(HC) {row['ga_hc_who']} WHO / {row['ga_hc_hadlock']} Hadlock")
+    if row["hc_percentile"]:
+        line += f"  HC centile {row['hc_percentile']}"
+    line += "  fit ok" if row["fit_ok"] == "true" else "  FIT POOR"
+    return line + (f"  ({row['biometry_note']})" if row["biometry_note"] else "")
 
 
 def _show_sweeps(answers) -> list[dict[str, str]]:
@@ -132,8 +186,15 @@ def _show_sweeps(answers) -> list[dict[str, str]]:
         best = "; ".join(f"{plane}@{b['frame']} ({b['probability']:.2f})" for plane, b in answer.best_frames.items())
         age = answer.head.gestational_age if answer.head is not None else None
         ga = (age.weeks_days or age.reason) if age is not None else ""
-        rows.append({"source": answer.source, "frames": str(len(answer.frames)), "best_frames": best, "ga": ga or ""})
+        biometry = answer.head.biometry if answer.head is not None else None
+        row = {"source": answer.source, "frames": str(len(answer.frames)), "best_frames": best, "ga": ga or "",
+               **_biometry_row(biometry), **_heads_cells(answer.heads)}
+        rows.append(row)
         typer.echo(f"{Path(answer.source).name[-36:]:<36} {len(answer.frames):>6}  {best or 'no standard frame':<43} {ga or ''}")
+        if biometry is not None:
+            typer.echo(f"    best head frame: {_biometry_line(row)}")
+        for cell, value in _heads_cells(answer.heads).items():
+            typer.echo(f"    {cell[len('head:'):]}: {value}")
     return rows
 
 
@@ -146,7 +207,7 @@ def _write(out: Path, document: dict, skipped: list[tuple[str, str]], columns, r
         write_json_atomic(out, {"schema": PREDICTION_SCHEMA, **document,
                                 "skipped": [{"source": s, "reason": r} for s, r in skipped]})
     else:
-        write_csv_atomic(out, columns, rows)
+        write_csv_atomic(out, columns, [{column: row.get(column, "") for column in columns} for row in rows])
     typer.echo(f"answers -> {out}")
 
 

@@ -4,20 +4,37 @@
 usual while the towers stay plain open_clip modules (``model.clip``) whose state dict is the published layout.
 ``encode_image``/``encode_text`` accept raw inputs (images, strings) as well as ready tensors, because most
 callers have one or the other and converting in one place keeps that logic from being written twice.
+
+The contract every task relies on (our models and the benchmark's open_clip baselines alike): ``encode_image``,
+``encode_text``, ``tokenize``, ``preprocess``, ``input_dtype``, and the intermediate image blocks
+(``image_block_count``, ``encode_image_intermediates``) that the segmentation probe taps. No task reaches into
+the towers' modules (``clip.visual.transformer.resblocks``) itself.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import FetalCLIPError
 from .checkpoint import write_checkpoint_dir
 from .preprocess import ImageLike, Preprocessor
 from .registry import architecture_of
 from .tokenizer import tokenize as _tokenize
+
+
+class NoImageBlocksError(FetalCLIPError):
+    """An image tower without transformer blocks to tap (a ResNet or convolutional trunk)."""
+
+
+class ImageIntermediates(NamedTuple):
+    """One forward pass: the projected (unnormalised) embeddings and the asked-for blocks as token grids."""
+
+    embeddings: torch.Tensor  # [N, embed_dim]
+    blocks: torch.Tensor  # [N, len(layers), width, grid, grid] (patch tokens; class/prefix tokens dropped)
 
 
 class FetalCLIP(torch.nn.Module):
@@ -54,13 +71,44 @@ class FetalCLIP(torch.nn.Module):
 
     def encode_image(self, images: torch.Tensor | ImageLike | Sequence[ImageLike], normalize: bool = False) -> torch.Tensor:
         """Image embeddings ``[N, embed_dim]`` from a preprocessed batch or from raw PIL images/arrays."""
+        features = self.clip.encode_image(self._image_batch(images))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def _image_batch(self, images: torch.Tensor | ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """A preprocessed batch on the model's device in its input dtype (raw images are preprocessed first)."""
         if not isinstance(images, torch.Tensor):
             if not isinstance(images, (list, tuple)):
                 images = [images]
             images = self.preprocess.batch(images)
-        images = images.to(self.device, dtype=self._input_dtype())
-        features = self.clip.encode_image(images)
-        return F.normalize(features, dim=-1) if normalize else features
+        return images.to(self.device, dtype=self.input_dtype)
+
+    @property
+    def image_block_count(self) -> int | None:
+        """How many transformer blocks the image tower has (``None``: a tower without blocks to tap).
+
+        open_clip's own ViT keeps them in ``transformer.resblocks``; a timm ViT trunk (BiomedCLIP) in
+        ``trunk.blocks``. Both towers' ``forward_intermediates`` then return token grids of equal width.
+        """
+        visual = self.clip.visual
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if blocks is None:
+            blocks = getattr(getattr(visual, "trunk", None), "blocks", None)
+        if blocks is None or not hasattr(visual, "forward_intermediates"):
+            return None
+        return len(blocks)
+
+    def encode_image_intermediates(self, images: torch.Tensor | ImageLike | Sequence[ImageLike],
+                                   layers: Sequence[int]) -> ImageIntermediates:
+        """Embeddings and the outputs of image blocks ``layers`` (0-based) as ``[N, T, W, g, g]`` grids, one pass."""
+        count = self.image_block_count
+        if count is None:
+            raise NoImageBlocksError(f"{self.name}: its image tower has no transformer blocks to tap")
+        layers = [int(layer) for layer in layers]
+        if not layers or any(layer < 0 or layer >= count for layer in layers):
+            raise FetalCLIPError(f"block taps {layers} out of range for a {count}-block encoder")
+        images = self._image_batch(images)
+        result = self.clip.visual.forward_intermediates(images, indices=layers, output_fmt="NCHW")
+        return ImageIntermediates(result["image_features"], torch.stack(result["image_intermediates"], dim=1))
 
     def encode_text(self, texts: torch.Tensor | str | Sequence[str], normalize: bool = False) -> torch.Tensor:
         """Text embeddings ``[N, embed_dim]`` from token ids or from strings."""
@@ -76,8 +124,13 @@ class FetalCLIP(torch.nn.Module):
             self.clip.logit_scale.exp(),
         )
 
-    def _input_dtype(self) -> torch.dtype:
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype image batches must have (the patch embedding's: float16 for a half-precision tower)."""
         return self.clip.visual.conv1.weight.dtype if hasattr(self.clip.visual, "conv1") else torch.float32
+
+    def _input_dtype(self) -> torch.dtype:  # the older spelling, still used by models.accelerate
+        return self.input_dtype
 
     # -- persistence ----------------------------------------------------------------------------------------
     def save(self, out_dir, provenance: dict[str, Any] | None = None, overwrite: bool = False):

@@ -161,7 +161,11 @@ class FeatureCache:
 
     def blocks(self, dataset: SampleDataset, taps: Sequence[int] | None = None) -> BlockFeatures:
         """Tapped transformer blocks (token grids), model-input images and embeddings of every record."""
-        n_layers = len(self.model.clip.visual.transformer.resblocks)
+        n_layers = self.model.image_block_count
+        if n_layers is None:
+            from ..models.model import NoImageBlocksError
+
+            raise NoImageBlocksError(f"{self.model.name}: its image tower has no transformer blocks to tap")
         taps = list(taps) if taps is not None else default_taps(n_layers)
         if any(t < 0 or t >= n_layers for t in taps):
             raise FetalCLIPError(f"block taps {taps} out of range for a {n_layers}-block encoder")
@@ -249,15 +253,16 @@ class FeatureCache:
     def _encode(self, images: list[np.ndarray], taps) -> list[dict[str, np.ndarray]]:
         preprocess = self.model.preprocess
         model_images = [preprocess.to_model_image(image) for image in images]
-        batch = torch.stack([preprocess(image) for image in model_images]).to(self.model.device, self.model._input_dtype())
+        # The model's own encoding path (its device and input dtype), fed the model images decoded once here.
+        batch = torch.stack([preprocess(image) for image in model_images])
         with torch.inference_mode():
             if taps is None:
-                features = self.model.clip.encode_image(batch)
+                features = self.model.encode_image(batch)
                 out = [{"embedding": f.float().cpu().numpy()} for f in features]
             else:
-                result = self.model.clip.visual.forward_intermediates(batch, indices=list(taps), output_fmt="NCHW")
-                blocks = torch.stack(result["image_intermediates"], dim=1).to(torch.float16).cpu().numpy()
-                embeddings = result["image_features"].float().cpu().numpy()
+                result = self.model.encode_image_intermediates(batch, taps)
+                blocks = result.blocks.to(torch.float16).cpu().numpy()
+                embeddings = result.embeddings.float().cpu().numpy()
                 out = [
                     {"embedding": e, "blocks": b, "model_image": np.asarray(m, dtype=np.uint8)}
                     for e, b, m in zip(embeddings, blocks, model_images)

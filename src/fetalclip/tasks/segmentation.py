@@ -1,154 +1,40 @@
-"""Segmentation probe: a light UNETR-style decoder on a frozen, cached ViT encoder.
+"""Segmentation probe: train a decoder on a frozen, cached ViT encoder, and evaluate its label maps.
 
-The decoder takes four evenly spaced transformer blocks (token grids) and the input image. Each block is
-projected by a 1x1 convolution, brought to its scale (1/16 ... 1/2) by bilinear upsampling, and merged
-bottom-up with depthwise-separable convolution blocks; a full-resolution image branch restores edges the
-16-pixel tokens cannot carry. Token grids are first resized to 14x14 (ViT-L/14 gives 16x16, as published), so
-one decoder shape serves every encoder. With the default widths it has about 1.6M parameters on ViT-L (width
-1024) and far fewer on the tiny model.
-
-Because the encoder is frozen, its blocks come from the feature cache and an epoch costs only the decoder.
-Masks live in the model's input geometry (centred zero padding to a square, nearest-neighbour resize to 224)
-for training, and predictions go back to the original image (bilinear on probabilities, crop the padding,
-argmax) for every metric: Dice pooled over all test pixels per label (as published), Dice per image, and the
-Hausdorff distance in mm with each image's pixel spacing. Labels are ``0`` background and ``1..K`` structures.
+Because the encoder is frozen, its blocks come from the feature cache and an epoch costs only the decoder
+(``segmentation_decoder``). Masks live in the model's input geometry for training and predictions go back to the
+original image for every metric (``segmentation_masks``): Dice pooled over all test pixels per label (as
+published), Dice per image, and the Hausdorff distance in mm with each image's pixel spacing. This module
+predicts label maps; measuring them (ellipse, HC) is ``biometry``'s.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..errors import FetalCLIPError
 from ..metrics import dice, dice_per_label, hausdorff_mm
-
-GRID = 14
-DEFAULT_CHANNELS = (416, 256, 128, 64, 32)  # ~1.58M parameters on ViT-L (width 1024)
-
-
-# -- masks ----------------------------------------------------------------------------------------------------
-def sample_mask(sample: dict[str, Any]) -> np.ndarray:
-    """The label map (uint8 HxW, 0 = background) of a sample.
-
-    The data layer's ``mask`` key first (HC18: the outline filled to the middle of its line; manifests: the
-    ``mask`` column). Without one, an HC18-style outline annotation becomes the rasterised ellipse through it.
-    The two agree on HC18 to Dice 0.9999 and 0.006 mm of HC on average.
-    """
-    if sample.get("mask") is not None:
-        return np.asarray(sample["mask"]).astype(np.uint8)
-    annotation = (sample.get("metadata") or {}).get("annotation")
-    if annotation:
-        from ..data.readers import image_to_array, open_image
-        from .biometry import head_mask_from_outline
-
-        outline = image_to_array(open_image(annotation))
-        return head_mask_from_outline(outline if outline.ndim == 2 else outline[..., 0])
-    raise FetalCLIPError(f"{sample.get('source')}: no segmentation mask (needs a mask, e.g. an HC18 annotation or a mask column)")
-
-
-def mask_to_model(mask: np.ndarray, size: int = 224) -> np.ndarray:
-    """Label map in the model's input geometry: centred zero padding to a square, nearest resize."""
-    from PIL import Image
-
-    height, width = mask.shape
-    side = max(height, width)
-    canvas = np.zeros((side, side), dtype=np.uint8)
-    top, left = (side - height) // 2, (side - width) // 2
-    canvas[top : top + height, left : left + width] = mask
-    return np.asarray(Image.fromarray(canvas).resize((size, size), Image.Resampling.NEAREST))
-
-
-def probabilities_to_original(probs: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """``[K+1, S, S]`` probabilities in model geometry -> label map ``[H, W]`` of the original image."""
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2
-    full = F.interpolate(probs[None].float(), size=(side, side), mode="bilinear", align_corners=False)[0]
-    return full[:, top : top + height, left : left + width].argmax(dim=0).to(torch.uint8).numpy()
-
-
-# -- the decoder ------------------------------------------------------------------------------------------------
-class SeparableBlock(nn.Module):
-    """Two depthwise-separable 3x3 convolutions (depthwise, pointwise, norm, GELU)."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        layers = []
-        for cin in (in_channels, out_channels):
-            layers += [
-                nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False),
-                nn.Conv2d(cin, out_channels, 1, bias=False),
-                nn.BatchNorm2d(out_channels),
-                nn.GELU(),
-            ]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-class UNETRLiteDecoder(nn.Module):
-    """Four token grids (shallow -> deep) + image -> per-pixel logits for ``n_classes`` (background included)."""
-
-    def __init__(self, width: int, n_classes: int, channels: Sequence[int] = DEFAULT_CHANNELS, in_image_channels: int = 3):
-        super().__init__()
-        c_deep, c28, c56, c112, c_img = channels
-        self.config = {"width": width, "n_classes": n_classes, "channels": list(channels), "in_image_channels": in_image_channels}
-        self.project = nn.ModuleList(nn.Conv2d(width, c, 1) for c in (c112, c56, c28, c_deep))
-        self.deep = SeparableBlock(c_deep, c_deep)
-        self.up28 = SeparableBlock(c_deep + c28, c28)
-        self.up56 = SeparableBlock(c28 + c56, c56)
-        self.up112 = SeparableBlock(c56 + c112, c112)
-        self.image = SeparableBlock(in_image_channels, c_img)
-        self.up224 = SeparableBlock(c112 + c_img, c_img)
-        self.head = nn.Conv2d(c_img, n_classes, 1)
-
-    def forward(self, blocks: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """``blocks`` ``[B, 4, W, 14, 14]`` (shallow first), ``image`` ``[B, 3, S, S]`` -> logits ``[B, K+1, S, S]``."""
-        size = image.shape[-1]
-        z1, z2, z3, z4 = (blocks[:, i].float() for i in range(4))
-
-        def up(x: torch.Tensor, s: int) -> torch.Tensor:
-            return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-
-        x = self.deep(self.project[3](z4))
-        x = self.up28(torch.cat([up(x, size // 8), up(self.project[2](z3), size // 8)], 1))
-        x = self.up56(torch.cat([up(x, size // 4), up(self.project[1](z2), size // 4)], 1))
-        x = self.up112(torch.cat([up(x, size // 2), up(self.project[0](z1), size // 2)], 1))
-        x = self.up224(torch.cat([up(x, size), self.image(image)], 1))
-        return self.head(x)
-
-
-def count_decoder_parameters(width: int, n_classes: int = 2, channels: Sequence[int] = DEFAULT_CHANNELS) -> int:
-    return sum(p.numel() for p in UNETRLiteDecoder(width, n_classes, channels).parameters())
-
-
-def to_grid(blocks: torch.Tensor, grid: int = GRID) -> torch.Tensor:
-    """``[B, T, W, h, w]`` token grids resized to ``grid`` x ``grid`` (a no-op for 224/16 encoders)."""
-    if blocks.shape[-1] == grid and blocks.shape[-2] == grid:
-        return blocks
-    b, t, w, h, ww = blocks.shape
-    out = F.interpolate(blocks.reshape(b, t * w, h, ww).float(), size=(grid, grid), mode="bilinear", align_corners=False)
-    return out.reshape(b, t, w, grid, grid)
-
-
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """1 - mean soft Dice over the foreground labels (batch-pooled, as the pooled test Dice)."""
-    probs = logits.softmax(dim=1)
-    onehot = F.one_hot(target.long(), n_classes).permute(0, 3, 1, 2).float()
-    dims = (0, 2, 3)
-    inter = (probs * onehot).sum(dims)
-    total = probs.sum(dims) + onehot.sum(dims)
-    dice_per_class = (2 * inter + 1.0) / (total + 1.0)
-    return 1.0 - dice_per_class[1:].mean()
+from .segmentation_decoder import (  # noqa: F401  (re-exported: the probe's API in one import)
+    DEFAULT_CHANNELS,
+    GRID,
+    Segmenter,
+    SeparableBlock,
+    UNETRLiteDecoder,
+    count_decoder_parameters,
+    load_decoder,
+    load_segmenter,
+    normalise_images,
+    save_decoder,
+    soft_dice_loss,
+    to_grid,
+)
+from .segmentation_masks import mask_to_model, probabilities_to_original, sample_mask  # noqa: F401
 
 
 # -- training ---------------------------------------------------------------------------------------------------
@@ -176,14 +62,6 @@ class SegmentationData:
     def inputs(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = to_grid(torch.as_tensor(self.blocks[index]))
         return blocks, normalise_images(self.images[index], self.mean, self.std, self.size)
-
-
-def normalise_images(images: np.ndarray, mean, std, size: int | None = None) -> torch.Tensor:
-    """uint8 ``[N, S, S, 3]`` -> normalised ``[N, 3, size, size]`` (antialiased resize when ``size`` differs)."""
-    x = torch.as_tensor(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    if size is not None and size != x.shape[-1]:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 @dataclass
@@ -300,48 +178,15 @@ def evaluate_segmentation(
         "n": len(rows),
         "dice_pooled": float(np.mean(list(pooled.values()))),
         "dice_pooled_per_label": {str(k): v for k, v in pooled.items()},
-        "dice_per_image_mean": float(np.mean([np.mean([r[f"dice_{l}"] for l in labels]) for r in rows])),
+        "dice_per_image_mean": float(np.mean([np.mean([r[f"dice_{label}"] for label in labels]) for r in rows])),
         "rows": rows,
     }
-    hd = [r[f"hausdorff_mm_{l}"] for r in rows for l in labels if r[f"hausdorff_mm_{l}"] is not None]
+    hd = [r[f"hausdorff_mm_{label}"] for r in rows for label in labels if r[f"hausdorff_mm_{label}"] is not None]
     finite = [h for h in hd if math.isfinite(h)]
     out["hausdorff_mm_mean"] = float(np.mean(finite)) if finite else None
     out["hausdorff_mm_median"] = float(np.median(finite)) if finite else None
     out["hausdorff_failures"] = int(len(hd) - len(finite))
     return out, predictions
-
-
-# -- saving and loading a trained probe ------------------------------------------------------------------------
-def save_decoder(out_dir, decoder: UNETRLiteDecoder, encoder: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
-    """``decoder.safetensors`` + ``segmenter.json`` (decoder config, encoder reference and fingerprint, taps)."""
-    from safetensors.torch import save_file
-
-    from ..io import atomic_path, write_json_atomic
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "decoder.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(tmp))
-    write_json_atomic(out / "segmenter.json", {"format": "fetalclip-segmenter", "format_version": 1,
-                                                "decoder": decoder.config, "encoder": encoder, **(extra or {})})
-    return out
-
-
-def load_decoder(run_dir) -> tuple[UNETRLiteDecoder, dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    run = Path(run_dir)
-    meta_path, weights = run / "segmenter.json", run / "decoder.safetensors"
-    if not meta_path.is_file() or not weights.is_file():
-        raise FetalCLIPError(f"{run}: not a segmentation probe run (needs segmenter.json and decoder.safetensors)")
-    meta = json.loads(meta_path.read_text())
-    config = meta["decoder"]
-    decoder = UNETRLiteDecoder(config["width"], config["n_classes"], config["channels"], config.get("in_image_channels", 3))
-    try:
-        decoder.load_state_dict(load_file(str(weights)))
-    except RuntimeError as exc:
-        raise FetalCLIPError(f"{weights}: weights do not fit the decoder in segmenter.json ({exc})") from exc
-    return decoder.eval(), meta
 
 
 # -- datasets in, results out -----------------------------------------------------------------------------------
