@@ -50,10 +50,10 @@ def test_writes_all_four_outputs_with_provenance(tmp_path, two_model_run):
 def test_markdown_table_bolds_best_per_column_and_marks_published_rows(two_model_run):
     table = markdown_table(two_model_run).splitlines()
     header, random_row, trained_row, fetalclip_row, clip_row = table[0], table[2], table[3], table[4], table[5]
-    # Columns in the published order; tasks without data (segment-hc, clips) and figure-only tasks are not columns.
+    # Columns in the published order, then transfer; tasks without data (segment-hc, clips) and figure-only tasks are not columns.
     assert [c.strip() for c in header.split("|")[2:-1]] == [
         "ZS planes F1 (%)", "ZS brain F1 (%)", "ZS GA VPR (%)", "LP planes F1 (%)", "LP brain F1 (%)",
-        "FS planes F1 (%)", "HC abs. error (mm) ↓",
+        "FS planes F1 (%)", "HC abs. error (mm) ↓", "LOMO LP F1 (%)",
     ]
     assert "**85.00** [80.00, 90.00]" in trained_row and "60.00 [55.00, 65.00]" in random_row
     assert "**3.60** [2.60, 4.60]" in trained_row and "**" not in random_row.split("|")[-2]  # lower is better for HC error

@@ -1,8 +1,8 @@
 """The probe task objects (probe-planes, probe-brain, fewshot-planes, clips) and the probe recipe.
 
-A task object's ``run`` must report what the benchmark's adapters reported, key for key and value for value;
-the expected values are computed here by those adapters while they still exist (``fetalclip.bench.tasks``'s
-``_probe_planes`` ...), on small phantom sets written once per module.
+A task object's ``run`` is what the benchmark's cell for it stores, key for key and value for value (the
+objects were checked against the benchmark's former adapters, byte for byte, before those were deleted), on
+small phantom sets written once per module.
 """
 
 from __future__ import annotations
@@ -55,16 +55,6 @@ def phantoms(tmp_path_factory):
             "clips": open_dataset(f"csv:{root / 'cine' / 'manifest.csv'}")}
 
 
-def _legacy():
-    bench_tasks = pytest.importorskip("fetalclip.bench.tasks")
-    adapters = {name: getattr(bench_tasks, attr, None) for name, attr in
-                (("probe-planes", "_probe_planes"), ("probe-brain", "_probe_brain"),
-                 ("fewshot-planes", "_fewshot_planes"), ("clips", "_clips"))}
-    if any(fn is None for fn in adapters.values()):
-        pytest.skip("the benchmark's old probe adapters are gone: nothing left to compare with")
-    return bench_tasks, adapters
-
-
 def _plain(value):
     """JSON-comparable (NaN -> None), so a value that was NaN on both sides compares equal."""
     return finite_json(value)
@@ -79,37 +69,30 @@ CASES = [
 
 
 @pytest.mark.parametrize("name, data_key, options", CASES, ids=[case[0] for case in CASES])
-def test_task_run_equals_the_old_benchmark_adapter(tmp_path, tiny_model, phantoms, name, data_key, options):
-    bench_tasks, adapters = _legacy()
-    context = bench_tasks.TaskContext(cache_dir=tmp_path, seed=3, progress=False, n_bootstrap=50, options={name: options})
-    expected = adapters[name](tiny_model, phantoms[data_key], context)
-    cache = bench_tasks.feature_cache(tiny_model, context)
+def test_task_run_is_the_benchmark_cell(tmp_path, tiny_model, phantoms, name, data_key, options):
+    from fetalclip.bench.tasks import TaskContext, default_registry, feature_cache
+
+    context = TaskContext(cache_dir=tmp_path, seed=3, progress=False, n_bootstrap=50, options={name: options})
+    cell = default_registry().get(name).fn(tiny_model, phantoms[data_key], context)
+    cache = feature_cache(tiny_model, context)
     encoded = cache.encoded
     result = TASKS[name](options).run(tiny_model, phantoms[data_key], cache, progress=False, seed=3, n_bootstrap=50)
-    assert cache.encoded == encoded  # same images, same variants: everything came from the adapter's cache entries
-    assert result.task == name
-    assert list(result.metrics) == list(expected["metrics"])
-    for key, metric in result.metrics.items():
-        assert _plain(metric.to_dict()) == _plain(expected["metrics"][key]), key
-    assert _plain(result.details) == _plain(expected["details"])
-    assert result.to_dict(rows=False)["metrics"] == _plain(expected["metrics"])
+    assert cache.encoded == encoded  # same images, same variants: everything came from the cell's cache entries
+    assert result.task == name and list(result.metrics) == list(cell["metrics"])
+    assert result.to_dict(rows=False)["metrics"] == _plain(cell["metrics"])
+    assert _plain(result.details) == _plain(cell["details"])
 
 
-def test_tasks_are_unavailable_where_the_adapters_were(tmp_path, tiny_model, phantoms):
-    bench_tasks, adapters = _legacy()
+def test_tasks_are_unavailable_without_what_they_need(tiny_model, phantoms):
     planes = phantoms["planes"]
     unlabelled_clips = phantoms["clips"].subset(range(4))
     unlabelled_clips.records[0]["label"] = None
-    cases = [("probe-brain", phantoms["clips"], {}), ("fewshot-planes", planes, {"sizes": [64]}),
-             ("clips", unlabelled_clips, {"frames": 4})]
-    for name, dataset, options in cases:
-        context = bench_tasks.TaskContext(cache_dir=tmp_path, progress=False, n_bootstrap=10, options={name: options})
-        with pytest.raises(FetalCLIPError) as old:
-            adapters[name](tiny_model, dataset, context)
-        with pytest.raises(TaskUnavailable) as new:
-            TASKS[name](options).run(tiny_model, dataset, bench_tasks.feature_cache(tiny_model, context), progress=False,
-                                     n_bootstrap=10)
-        assert type(old.value).__name__ == "TaskUnavailable" and str(new.value) == str(old.value), name
+    cases = [("probe-brain", phantoms["clips"], {}, "no records with a 'brain_plane' label"),
+             ("fewshot-planes", planes, {"sizes": [64]}, "too few for N=64"),
+             ("clips", unlabelled_clips, {"frames": 4}, "every clip of .* needs a label")]
+    for name, dataset, options, reason in cases:
+        with pytest.raises(TaskUnavailable, match=reason):
+            TASKS[name](options).run(tiny_model, dataset, progress=False, n_bootstrap=10)
 
 
 def test_options_are_the_benchmarks_with_published_overrides():

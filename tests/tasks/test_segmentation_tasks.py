@@ -1,4 +1,7 @@
-"""SegmentHC / BiometryHC: the task objects report what the benchmark's adapters reported, value for value."""
+"""SegmentHC / BiometryHC: what the benchmark stores for their cells, value for value, from one trained decoder.
+
+(Checked against the benchmark's former adapters, value for value, before those were deleted.)
+"""
 
 from __future__ import annotations
 
@@ -32,14 +35,9 @@ def test_options_are_the_benchmarks(tmp_path):
         SegmentHC({"sizes": 32})
 
 
-def test_tasks_equal_the_legacy_adapters_and_share_one_decoder(tmp_path, tiny_model, heads, one_thread, monkeypatch):
+def test_tasks_are_the_benchmark_cells_and_share_one_decoder(tmp_path, tiny_model, heads, one_thread, monkeypatch):
     import fetalclip.tasks.segmentation as segmentation
     from fetalclip.bench import tasks as bench_tasks
-
-    context = bench_tasks.TaskContext(cache_dir=tmp_path / "legacy", seed=3, progress=False, n_bootstrap=200,
-                                      options={"segment-hc": SMALL})
-    expected_segment = bench_tasks._segment_hc(tiny_model, heads, context)
-    expected_biometry = bench_tasks._biometry_hc(tiny_model, heads, context)
 
     trainings = []
     real = segmentation.run_segmentation
@@ -49,10 +47,14 @@ def test_tasks_equal_the_legacy_adapters_and_share_one_decoder(tmp_path, tiny_mo
     segment = SegmentHC(options).run(tiny_model, heads, **kwargs)
     biometry = BiometryHC(options).run(tiny_model, heads, **kwargs)
     assert len(trainings) == 1  # biometry read segment-hc's kept decoder
-    assert {k: m.to_dict() for k, m in segment.metrics.items()} == expected_segment["metrics"]
-    assert segment.details == expected_segment["details"]
-    assert {k: m.to_dict() for k, m in biometry.metrics.items()} == expected_biometry["metrics"]
-    assert biometry.details == expected_biometry["details"]
+    context = bench_tasks.TaskContext(cache_dir=tmp_path / "ours", seed=3, progress=False, n_bootstrap=200,
+                                      options={"segment-hc": SMALL})
+    registry = bench_tasks.default_registry()
+    cells = {name: registry.get(name).fn(tiny_model, heads, context) for name in ("segment-hc", "biometry-hc")}
+    assert len(trainings) == 1  # the benchmark's cells found the same decoder (same key)
+    assert {k: m.to_dict() for k, m in segment.metrics.items()} == cells["segment-hc"]["metrics"]
+    assert {k: m.to_dict() for k, m in biometry.metrics.items()} == cells["biometry-hc"]["metrics"]
+    assert biometry.to_dict(rows=False)["details"] == cells["biometry-hc"]["details"]
     assert biometry.rows and {"source", "hc_mm", "ref_hc_mm", "hc_diff_mm"} <= set(biometry.rows[0])
     assert len(segment.rows) == segment.metrics["dice"].n
     json.dumps(biometry.to_dict())  # valid JSON, rows included
@@ -110,23 +112,3 @@ def test_baselines_honour_the_block_contract_or_are_unavailable(tmp_path, tiny_m
     assert resnet.image_block_count is None
     with pytest.raises(TaskUnavailable, match="no transformer blocks to tap"):
         SegmentHC().run(resnet, heads, progress=False)
-
-
-def test_a_drop_in_for_the_benchmark_table(tmp_path, tiny_model, heads, one_thread):
-    """Connected into the benchmark's table, the objects store the very entries the adapters stored."""
-    from dataclasses import replace
-
-    from fetalclip.bench.tasks import TaskContext, default_registry
-
-    registry = default_registry()
-    context = TaskContext(cache_dir=tmp_path / "legacy", seed=1, progress=False, n_bootstrap=50,
-                          options={"segment-hc": SMALL}, data_sha256="manifest-sha")
-    legacy = {name: registry.get(name).fn(tiny_model, heads, context) for name in ("segment-hc", "biometry-hc")}
-    registry.connect("segment-hc", SegmentHC)
-    registry.connect("biometry-hc", BiometryHC)
-    ours = {name: registry.get(name).fn(tiny_model, heads, replace(context, cache_dir=tmp_path / "ours"))
-            for name in ("segment-hc", "biometry-hc")}
-    assert ours == legacy
-    # Same options, seed and manifest digest: the same key, so the kept decoder folders carry the same names.
-    assert sorted(p.name for p in (tmp_path / "ours" / "segmenters").iterdir()) == \
-        sorted(p.name for p in (tmp_path / "legacy" / "segmenters").iterdir())

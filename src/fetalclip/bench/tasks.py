@@ -25,6 +25,7 @@ from ..errors import FetalCLIPError
 from ..tasks.maps import CAMs, EmbeddingMap, png_base64
 from ..tasks.probe_tasks import ClipProbe, FewShotPlanes, ProbeBrain, ProbePlanes
 from ..tasks.result import Metric, Task, TaskUnavailable
+from ..tasks.segmentation_tasks import BiometryHC, SegmentHC
 from ..tasks.transfer_tasks import TransferPlanes
 from ..tasks.zeroshot_tasks import ZeroShotBrain, ZeroShotGA, ZeroShotPlanes
 
@@ -194,8 +195,6 @@ def default_registry() -> TaskRegistry:
     Versions: 1 was the harness with unconnected adapters; 2 is the first connected computation; 3 (segment-hc,
     biometry-hc) segments the whole head where masks label structures inside it.
     """
-    from .legacy_adapters import BiometryTask, SegmentTask
-
     S = TaskSpec
     return TaskRegistry(
         [
@@ -213,9 +212,9 @@ def default_registry() -> TaskRegistry:
               description="few-shot linear probe, planes, macro F1 at the largest N"),
             S("clips", "clips", "CHD AUROC", "auroc", ClipProbe, version=3,
               published=_published(78.72, 67.88), description="clip-level detection (CHD protocol), AUROC"),
-            S("segment-hc", "seg", "Seg HC Dice", "dice", SegmentTask, version=3,
+            S("segment-hc", "seg", "Seg HC Dice", "dice", SegmentHC, version=3,
               published=_published(97.92, 97.70), description="head segmentation, pooled Dice"),
-            S("biometry-hc", "seg", "HC abs. error", "hc_mean_abs_diff_mm", BiometryTask, version=3, options_from="segment-hc",
+            S("biometry-hc", "seg", "HC abs. error", "hc_mean_abs_diff_mm", BiometryHC, version=3, options_from="segment-hc",
               higher_is_better=False, unit="mm", description="head circumference from segmentation, mean |error|"),
             S("transfer-planes", "planes", "LOMO LP F1", "probe_macro_f1", TransferPlanes, version=2,
               description="transfer: leave-one-machine-out linear probe (and zero-shot), mean macro F1 over machines"),
@@ -247,12 +246,3 @@ __all__ = [
     "protocol_options",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # TEMPORARY (issue 14): the old adapters stay importable from here while their task objects are written.
-    if name.startswith("_") and not name.startswith("__"):
-        from . import legacy_adapters
-
-        if hasattr(legacy_adapters, name):
-            return getattr(legacy_adapters, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -85,7 +85,7 @@ def head_images(dataset) -> tuple[Any, int]:
     return (dataset.subset(keep) if skipped else dataset), skipped
 
 
-def measure_dataset(dataset, label_maps: LabelMaps | None = None, cache=None, progress: bool = False,
+def measure_dataset(dataset, label_maps: LabelMaps | None = None, progress: bool = False,
                     head_labels: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Measure every head image of ``dataset``: HC/BPD/OFD/GA per image and, with reference HCs, the HC18 metrics.
 
@@ -95,8 +95,7 @@ def measure_dataset(dataset, label_maps: LabelMaps | None = None, cache=None, pr
     mask, as the challenge does. An image whose mask yields no ellipse is a failure row, counted, and left out
     of the means. The head is every foreground label (``head_labels=None``: structures drawn inside the skull
     belong to the head) and only images labelled ``brain`` (or unlabelled) are measured; others are counted
-    as skipped. (``cache`` only serves the older call ``(decoder, taps, size), cache`` that
-    ``bench.legacy_adapters`` still makes; it goes with that module.)
+    as skipped.
     """
     from ..metrics import dice, hausdorff_mm
     from ..progress import progress_bar
@@ -105,11 +104,6 @@ def measure_dataset(dataset, label_maps: LabelMaps | None = None, cache=None, pr
     def head(label_map: np.ndarray) -> np.ndarray:
         return label_map > 0 if head_labels is None else np.isin(label_map, head_labels)
 
-    if isinstance(label_maps, tuple):  # TEMPORARY (issue 14): bench.legacy_adapters' (decoder, taps, size) + cache
-        from .segmentation_decoder import Segmenter
-
-        legacy = Segmenter(*label_maps)
-        label_maps = lambda subset: legacy.label_maps(cache, subset)  # noqa: E731
     dataset, skipped = head_images(dataset)
     predicted = list(label_maps(dataset)) if label_maps is not None else None
     rows = []

@@ -21,7 +21,7 @@ from ..data.sample import patient_id
 from ..data.splits import index_splits
 from ..errors import FetalCLIPError
 from ..metrics import classification_report, macro_f1, mean_macro_f1_ci
-from .probe_fewshot import FEWSHOT_SIZES, fewshot_curve, plot_curve, run_fewshot
+from .probe_fewshot import FEWSHOT_SIZES, fewshot_curve, plot_curve
 from .probe_linear import ProbeData, ProbeRun, TrainedHead, class_targets, single_thread, train_linear_heads, training_rows
 from .probe_recipe import ProbeRecipe, RecipeError
 
@@ -139,14 +139,7 @@ def probe_data(cache, dataset, label_key: str = "label", augment=None) -> ProbeD
     )
 
 
-def run_classification(data: ProbeData, test: ProbeData | None = None, *, seed: int = 0, n_bootstrap: int = 10_000,
-                       progress: bool = False, **recipe: Any) -> dict[str, Any]:
-    """TEMPORARY keyword form of ``linear_probe`` (the report only), for the benchmark's legacy adapters until
-    they are gone (issue 14); new code builds a ``ProbeRecipe``."""
-    return linear_probe(data, ProbeRecipe(**recipe), test, seed=seed, n_bootstrap=n_bootstrap, progress=progress).report
-
-
 __all__ = [
     "FEWSHOT_SIZES", "ProbeData", "ProbeRecipe", "ProbeRun", "RecipeError", "TrainedHead", "fewshot_curve", "labelled_subset",
-    "linear_probe", "plot_curve", "probe_data", "run_classification", "run_fewshot", "single_thread", "train_linear_heads",
+    "linear_probe", "plot_curve", "probe_data", "single_thread", "train_linear_heads",
 ]

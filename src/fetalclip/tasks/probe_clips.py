@@ -197,10 +197,3 @@ def clip_probe(
     return ProbeRun(report, best)
 
 
-def run_clip_probe(x: np.ndarray, labels: Sequence[Any], patients: Sequence[Any], *, positive: str | None = None,
-                   test: tuple[np.ndarray, Sequence[Any]] | None = None, seed: int = 0, n_bootstrap: int = 10_000,
-                   **recipe: Any) -> dict[str, Any]:
-    """TEMPORARY keyword form of ``clip_probe`` (the report only), for the benchmark's legacy adapters until they
-    are gone (issue 14); new code builds a ``ProbeRecipe``."""
-    return clip_probe(x, labels, patients, ProbeRecipe(**recipe), test, positive=positive, seed=seed,
-                      n_bootstrap=n_bootstrap).report

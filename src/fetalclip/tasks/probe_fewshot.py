@@ -113,13 +113,4 @@ def plot_curve(curve: Sequence[dict[str, Any]], path, title: str = "few-shot lin
     return True
 
 
-def run_fewshot(data: ProbeData, test: ProbeData | None = None, *, sizes: Sequence[int] = FEWSHOT_SIZES,
-                support_sets: int = 5, seed: int = 0, progress: bool = False, epochs: int = 100, runs: int = 5,
-                **recipe: Any) -> dict[str, Any]:
-    """TEMPORARY keyword form of ``fewshot_curve`` (its old defaults: 100 epochs, 5 runs), for the benchmark's
-    legacy adapters until they are gone (issue 14); new code builds a ``ProbeRecipe``."""
-    return fewshot_curve(data, ProbeRecipe(epochs=epochs, runs=runs, **recipe), test, sizes=sizes,
-                         support_sets=support_sets, seed=seed, progress=progress)
-
-
-__all__ = ["FEWSHOT_SIZES", "fewshot_curve", "plot_curve", "run_fewshot"]
+__all__ = ["FEWSHOT_SIZES", "fewshot_curve", "plot_curve"]

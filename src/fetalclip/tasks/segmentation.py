@@ -257,9 +257,9 @@ def run_segmentation(
 
     Returns (result JSON, the decoder with the lowest validation loss, its splits) so a caller can save it.
     """
-    from .probe_splits import make_splits
+    from ..data.splits import index_splits
 
-    splits = make_splits(data.patients, folds=folds, seed=seed, test_fraction=test_fraction,
+    splits = index_splits(data.patients, folds=folds, seed=seed, test_fraction=test_fraction,
                          record_splits=data.splits, with_test=test is None)
     if test is None:
         test_data, test_indices, test_masks = data, splits.test, [originals[i] for i in splits.test]
