@@ -14,8 +14,8 @@ layer the published FetalCLIP figures used), reshaped to the patch grid:
 
 Both keep the positive part of the map. Gradients are taken with respect to the hooked
 activations only (``torch.autograd.grad``), so parameters' ``.grad`` stay untouched and frozen models work.
-The encoder is found by structure: open_clip's own ViT (``transformer.resblocks[-1].ln_1``) or a timm trunk
-(``trunk.blocks[-1].norm1``), with the class/register tokens dropped before reshaping.
+The hooked layer comes from the model layer (``models.layers.cam_layer``: open_clip's ViT or a timm trunk,
+the last block's first norm), with the class/register tokens dropped before reshaping.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FetalCLIPError
+from ..models.layers import cam_layer
 
 METHODS = ("gradcam", "scorecam")
 
@@ -86,21 +87,6 @@ def class_embeddings(model, prompt_set: Mapping[str, Sequence[str]]) -> tuple[li
     return classes, torch.stack(vectors).clone()
 
 
-# -- locating the last block -------------------------------------------------------------------------------------
-def _cam_layer(visual: torch.nn.Module) -> tuple[torch.nn.Module, int, tuple[int, int]]:
-    """The module whose output is hooked, the number of prefix tokens, and the patch grid (h, w)."""
-    if hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
-        grid = tuple(int(g) for g in visual.grid_size)
-        return visual.transformer.resblocks[-1].ln_1, 1, grid  # open_clip's ViT has one class token
-    trunk = getattr(visual, "trunk", None)
-    if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "patch_embed"):
-        grid = tuple(int(g) for g in trunk.patch_embed.grid_size)
-        return trunk.blocks[-1].norm1, int(getattr(trunk, "num_prefix_tokens", 1)), grid
-    raise FetalCLIPError(
-        f"class-activation maps need a ViT image encoder; {type(visual).__name__} has no transformer blocks"
-    )
-
-
 class _Capture:
     """Forward hook keeping the hooked layer's output (one tensor per forward pass)."""
 
@@ -144,7 +130,7 @@ def _margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _gradcam(model, images: torch.Tensor, class_vectors: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    layer, prefix, grid = _cam_layer(model.clip.visual)
+    layer, prefix, grid = cam_layer(model)
     capture = _Capture(layer)
     try:
         with torch.enable_grad():
@@ -169,7 +155,7 @@ def _gradcam(model, images: torch.Tensor, class_vectors: torch.Tensor, targets: 
 def _scorecam(
     model, images: torch.Tensor, class_vectors: torch.Tensor, targets: torch.Tensor, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    layer, prefix, grid = _cam_layer(model.clip.visual)
+    layer, prefix, grid = cam_layer(model)
     capture = _Capture(layer)
     try:
         with torch.inference_mode():

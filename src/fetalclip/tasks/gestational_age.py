@@ -29,9 +29,9 @@ from ..errors import FetalCLIPError
 from ..growth import HC_RANGE_MM, ga_from_hc
 from ..metrics import vpr
 from ..models.model import FetalCLIP
+from ..models.prefix_text import DEFAULT_MAX_ROWS, encode_prompt_grid
 from ..models.preprocess import ImageLike
 from .dataset_features import embed_dataset
-from .prefix_text import DEFAULT_MAX_ROWS, encode_prompt_grid
 from .zeroshot import LOGIT_SCALE, encode_images, packaged_prompt_file, read_json_file
 
 FIRST_DAY, LAST_DAY = 98, 272  # 14w0d .. 38w6d

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fetalclip.tasks.prefix_text import encode_prompt_grid, supports_prefix_sharing
+from fetalclip.models.prefix_text import encode_prompt_grid, supports_prefix_sharing
 
 TEMPLATES = (
     "Ultrasound image of the fetal brain at {w} weeks and {d} days, {s} mm per pixel.",

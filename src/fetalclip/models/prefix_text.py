@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..models.model import FetalCLIP
+from .model import FetalCLIP
 
 # Suffix rows (prompt-tail tokens) per forward pass: large enough for efficient matrix products, small
 # enough that activations stay in the low hundreds of MB for the widest published text tower (768).
