@@ -40,6 +40,8 @@ COMMAND_MODULES = (
     "predict",
     "probe",
     "biometry",
+    "export",
+    "serve",
 )
 
 app = typer.Typer(

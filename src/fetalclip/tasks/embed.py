@@ -6,13 +6,27 @@ with ``skip_bad``, are counted and listed.
 
 The image tower runs through ``models.accelerate``: ``mode="exact"`` (default) gives the plain open_clip
 embeddings to float rounding (< 1e-5) with fused CPU kernels, ``"int8"`` trades a cosine of >= 0.999 for
-speed on CPU deployments, ``"eager"`` is the untouched module. Grayscale images take the bit-identical
-fast preprocessing route of ``models.fast_preprocess``. DICOM files and videos are embedded by their first
-frame (clip-level work samples frames explicitly, see ``fetalclip probe clips``).
+speed on CPU deployments, ``"eager"`` is the untouched module. A model of the ONNX backend
+(``export.runtime.OnnxModel``) brings its own session instead: its precision was chosen when it was opened
+(``int8`` graphs for ``mode="int8"``, fp32 otherwise); the preprocessing is the same for both backends.
+Grayscale images take the bit-identical fast preprocessing route of ``models.fast_preprocess``. DICOM files
+and videos are embedded by their first frame (clip-level work samples frames explicitly, see ``fetalclip probe
+clips``).
+
+Scale-out (``embed_parts``/``join_parts``, used by ``torchrun -m fetalclip embed``): the file list, in the
+order given, is cut into fixed chunks of ``chunk_size`` files, and chunk ``c`` belongs to rank ``c % world_size``. Each chunk is
+embedded exactly as a single run embeds it (same batches, counted from the chunk's start), held in memory on
+its own and written atomically as ``part-NNNNNN.npz``, so memory is constant in the size of the archive, a
+restarted rank skips the parts it already wrote, and the parts do not depend on the number of processes:
+one process and N processes write the same files, and joining them in chunk order gives the input order.
+``run.json`` in the parts folder records what the parts were made from (model fingerprint, mode, chunk size,
+the file list's hash); a resume against different settings is refused rather than mixed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +44,7 @@ from ..models.fast_preprocess import FastPreprocessor
 from ..models.model import FetalCLIP
 from .batching import prefetched_batches
 
-__all__ = ["MODES", "EmbeddingResult", "embed_files", "embed_texts", "list_image_files"]
+__all__ = ["MODES", "EmbeddingResult", "batch_encoder", "embed_files", "embed_texts", "list_image_files"]
 
 
 @dataclass
@@ -82,7 +96,7 @@ def embed_files(
 
     check_mode(mode)
     paths = [Path(p) for p in paths]
-    encode = image_encoder(model, mode) if paths else None
+    encode = batch_encoder(model, mode) if paths else None
     preprocess = FastPreprocessor(model.preprocess)
     embeddings: list[np.ndarray] = []
     sources: list[str] = []
@@ -107,6 +121,16 @@ def embed_files(
     return EmbeddingResult(matrix.astype(np.float32, copy=False), sources, skipped)
 
 
+def batch_encoder(model, mode: str = "exact"):
+    """``(batch, normalize) -> features`` for ``model``: the accelerated tower, or an ONNX model's session."""
+    if getattr(model, "backend", "torch") != "onnx":
+        return image_encoder(model, mode)
+    wanted = "int8" if mode == "int8" else "fp32"
+    if model.precision != wanted:
+        raise FetalCLIPError(f"mode {mode!r} needs the {wanted} graphs, but the ONNX model was opened with {model.precision}")
+    return model.image_encoder()
+
+
 def embed_texts(model: FetalCLIP, texts: Sequence[str], batch_size: int = 256, normalize: bool = True) -> np.ndarray:
     if not texts:
         raise FetalCLIPError("no texts to embed")
@@ -115,3 +139,106 @@ def embed_texts(model: FetalCLIP, texts: Sequence[str], batch_size: int = 256, n
         for start in range(0, len(texts), batch_size):
             chunks.append(model.encode_text(list(texts[start : start + batch_size]), normalize=normalize).float().cpu().numpy())
     return np.concatenate(chunks)
+
+
+# -- scale-out: parts written per chunk, joined in input order ---------------------------------------------------
+RUN_FILE, INDEX_FILE = "run.json", "index.json"
+
+
+def part_name(chunk: int) -> str:
+    return f"part-{chunk:06d}.npz"
+
+
+def chunks_of(n_files: int, chunk_size: int, rank: int = 0, world_size: int = 1) -> list[range]:
+    """The chunks (ranges of file positions) rank ``rank`` of ``world_size`` embeds: every ``world_size``-th one."""
+    if chunk_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"bad sharding: chunk_size={chunk_size}, rank={rank}, world_size={world_size}")
+    starts = range(0, n_files, chunk_size)
+    return [range(start, min(start + chunk_size, n_files)) for number, start in enumerate(starts) if number % world_size == rank]
+
+
+def run_record(model, paths: Sequence[str | os.PathLike], chunk_size: int, batch_size: int, mode: str, normalize: bool) -> dict:
+    """What a parts folder's contents depend on; two runs may share parts only when these agree."""
+    from .features import model_fingerprint
+
+    listing = hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()
+    fingerprint = getattr(model, "fingerprint", None) or model_fingerprint(model)
+    return {"model": model.name, "fingerprint": fingerprint, "backend": getattr(model, "backend", "torch"),
+            "mode": mode, "normalize": normalize, "chunk_size": chunk_size, "batch_size": batch_size,
+            "files": len(paths), "files_sha256": listing}
+
+
+def _claim_parts_folder(folder: Path, record: dict) -> None:
+    from ..io import write_json_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RUN_FILE
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != record:
+            changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
+            raise FetalCLIPError(f"{path}: parts were made by a different run ({', '.join(changed)} differ); "
+                                 "use another parts folder or remove this one")
+        return
+    write_json_atomic(path, record)  # every rank writes the same content; the rename makes that safe
+
+
+def embed_parts(
+    model, paths: Sequence[str | os.PathLike], folder: str | os.PathLike, *, rank: int = 0, world_size: int = 1,
+    chunk_size: int = 1024, batch_size: int = 32, skip_bad: bool = False, normalize: bool = True,
+    mode: str = "exact", progress: bool = False, num_threads: int = 2,
+) -> list[int]:
+    """Embed this rank's chunks into ``folder`` (one ``part-NNNNNN.npz`` each); returns the chunks it computed.
+
+    Parts already present are complete (they are written atomically) and are skipped: that is the resume.
+    """
+    from ..io import save_npz_atomic
+
+    paths = [Path(p) for p in paths]
+    folder = Path(folder)
+    _claim_parts_folder(folder, run_record(model, paths, chunk_size, batch_size, mode, normalize))
+    computed = []
+    for positions in chunks_of(len(paths), chunk_size, rank, world_size):
+        chunk = positions.start // chunk_size
+        target = folder / part_name(chunk)
+        if target.is_file():
+            continue
+        result = embed_files(model, paths[positions.start : positions.stop], batch_size=batch_size, skip_bad=skip_bad,
+                             normalize=normalize, progress=progress, num_threads=num_threads, mode=mode)
+        save_npz_atomic(target, embeddings=result.embeddings, sources=np.array(result.sources, dtype=str),
+                        skipped=np.array([p for p, _ in result.skipped], dtype=str),
+                        reasons=np.array([r for _, r in result.skipped], dtype=str))
+        computed.append(chunk)
+    return computed
+
+
+def iter_parts(folder: str | os.PathLike) -> Iterable[EmbeddingResult]:
+    """The parts of a complete parts folder in input order, one at a time (nothing else is loaded)."""
+    folder = Path(folder)
+    if not (folder / RUN_FILE).is_file():
+        raise FetalCLIPError(f"{folder}: not a parts folder of `fetalclip embed` ({RUN_FILE} is missing)")
+    record = json.loads((folder / RUN_FILE).read_text())
+    n_chunks = -(-record["files"] // record["chunk_size"])
+    missing = [part_name(c) for c in range(n_chunks) if not (folder / part_name(c)).is_file()]
+    if missing:
+        raise FetalCLIPError(f"{folder}: {len(missing)} of {n_chunks} parts are not written yet (first: {missing[0]}); "
+                             "run the same command again to finish them")
+    for chunk in range(n_chunks):
+        with np.load(folder / part_name(chunk), allow_pickle=False) as part:
+            yield EmbeddingResult(part["embeddings"], part["sources"].tolist(),
+                                  list(zip(part["skipped"].tolist(), part["reasons"].tolist())))
+
+
+def join_parts(folder: str | os.PathLike, dim: int) -> EmbeddingResult:
+    """All parts joined in input order (what a single run returns), and ``index.json`` written beside them."""
+    from ..io import write_json_atomic
+
+    embeddings, sources, skipped, index = [], [], [], []
+    for chunk, part in enumerate(iter_parts(folder)):
+        index.append({"file": part_name(chunk), "rows": len(part.sources), "skipped": len(part.skipped)})
+        embeddings.append(part.embeddings)
+        sources.extend(part.sources)
+        skipped.extend(part.skipped)
+    write_json_atomic(Path(folder) / INDEX_FILE, {"rows": len(sources), "dim": dim, "parts": index})
+    matrix = np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32)
+    return EmbeddingResult(matrix.astype(np.float32, copy=False), sources, skipped)
