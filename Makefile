@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,serve]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,serve,export]'
 	touch $(STAMP)
 
 demo: $(STAMP)
