@@ -18,7 +18,7 @@ LAYERS = {
     0: {"errors", "growth", "metrics", "io", "progress", "torchrun", "outputs", "provenance", "__init__"},
     1: {"data", "models", "sim"},
     2: {"tasks", "train", "export"},
-    3: {"bench"},
+    3: {"bench", "deploy"},
     4: {"demo", "serve", "commands", "cli", "__main__"},
 }
 RANK = {part: rank for rank, parts in LAYERS.items() for part in parts}

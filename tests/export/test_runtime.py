@@ -71,3 +71,19 @@ def test_a_predictor_takes_the_onnx_model_for_planes(tiny_export, tiny_model):
     assert onnx_plane["label"] == torch_plane["label"]
     for name, probability in torch_plane["probabilities"].items():
         assert abs(onnx_plane["probabilities"][name] - probability) <= 1e-5
+
+
+def test_an_onnx_predictor_gives_the_torch_age_and_opens_the_torch_calibration(tiny_export, tiny_model, tmp_path):
+    """GA prompts run through the text graph (no torch tower to share prefixes in), and the exported model carries
+    the fingerprint of the weights it came from, so a calibration fitted on them is accepted."""
+    from fetalclip.sim.dataset import render_sample
+    from fetalclip.tasks.features import model_fingerprint
+    from fetalclip.tasks.predictor import Predictor
+
+    onnx_model = OnnxModel(tiny_export)
+    assert model_fingerprint(onnx_model) == model_fingerprint(tiny_model)
+    image = render_sample(1)["image"]
+    torch_age = Predictor(tiny_model)(image, spacing_mm=0.2, view="brain").to_dict()["gestational_age"]
+    onnx_age = Predictor(onnx_model)(image, spacing_mm=0.2, view="brain").to_dict()["gestational_age"]
+    assert torch_age["days"] is not None and onnx_age["days"] == torch_age["days"]
+    assert onnx_age["range_days"] == torch_age["range_days"]

@@ -82,6 +82,7 @@ def predict_command(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files (counted) instead of stopping."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Frames per encoder batch of a --sweep."),
     device: str = typer.Option("cpu", "--device"),
+    backend: str = typer.Option("torch", "--backend", help="torch, or onnx: MODEL is a `fetalclip export` folder (ONNX Runtime)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Which plane, how sure, is it a standard plane, brain sub-plane and gestational age: per scan."""
@@ -94,7 +95,11 @@ def predict_command(
     if not items:
         raise FetalCLIPError("no scans found in " + ", ".join(map(str, paths)))
     check_outputs({"--out": out}, inputs=[*items, calibration, segmenter, *head], overwrite=overwrite)
-    net, predictor = _open_predictor(model, calibration, device, segmenter, head, head_mask)
+    from ..deploy import open_predictor
+
+    predictor = open_predictor(model, backend=backend, calibration=calibration, segmenter=segmenter, heads=head,
+                               head_mask=head_mask, device=device)
+    net = predictor.model
     if sweep:
         answers, skipped = _each(items, lambda path: predictor.sweep(path, spacing_mm=spacing, batch_size=batch_size),
                                  skip_bad, "sweep")
@@ -119,19 +124,6 @@ def predict_command(
 
 def _head_columns(rows: list[dict[str, str]]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(key for row in rows for key in row if key.startswith("head:")))
-
-
-def _open_predictor(model: str, calibration: Optional[Path], device: str, segmenter: Optional[Path] = None,
-                    heads: list[Path] = (), head_mask: bool = False):
-    """The model and a predictor with its calibration and segmenter (each refused when made for other weights)."""
-    from ..models import load
-    from ..tasks.calibration import load_calibration
-    from ..tasks.features import model_fingerprint
-    from ..tasks.predictor import Predictor
-
-    net = load(model, device=device)
-    fitted = load_calibration(calibration, model_fingerprint(net)) if calibration is not None else None
-    return net, Predictor(net, fitted, segmenter=segmenter, heads=list(heads), head_mask=head_mask)
 
 
 def _each(items: list[Path], answer, skip_bad: bool, unit: str) -> tuple[list, list[tuple[str, str]]]:

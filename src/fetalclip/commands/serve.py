@@ -29,6 +29,8 @@ def serve_command(
     timeout_s: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds per request before a 504."),
     api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="File holding the API key (else $FETALCLIP_API_KEY; none: open)."),
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow browser calls from this origin (repeatable; default: none)."),
+    head: list[Path] = typer.Option([], "--head", help="A saved probe head (repeatable): its score joins each answer."),
+    backend: str = typer.Option("torch", "--backend", help="torch, or onnx: MODEL is a `fetalclip export` folder (ONNX Runtime)."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Serve predictions over HTTP (/v1/predict, /docs) with a web page at /."""
@@ -43,7 +45,7 @@ def serve_command(
         raise FetalCLIPError(f"the service needs the [serve] extra (pip install 'fetalclip[serve]'): {exc}") from None
     settings = ServeSettings(
         model=model, calibration=str(calibration) if calibration else None, segmenter=str(segmenter) if segmenter else None,
-        device=device, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+        heads=[str(h) for h in head], backend=backend, device=device, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), timeout_s=timeout_s, api_key=read_api_key(api_key_file),
         cors_origins=list(cors_origin),
     )

@@ -243,7 +243,7 @@ class ImageEncoder(nn.Module):
         if mode == "int8" and self.device.type != "cpu":
             raise FetalCLIPError(f"inference mode 'int8' runs on CPUs only; the model is on {self.device}")
         self.visual = accelerate_module(model.clip.visual, mode if self.device.type == "cpu" else "eager")
-        self.input_dtype = model._input_dtype()
+        self.input_dtype = model.input_dtype
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:

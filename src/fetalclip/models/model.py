@@ -129,9 +129,6 @@ class FetalCLIP(torch.nn.Module):
         """The dtype image batches must have (the patch embedding's: float16 for a half-precision tower)."""
         return self.clip.visual.conv1.weight.dtype if hasattr(self.clip.visual, "conv1") else torch.float32
 
-    def _input_dtype(self) -> torch.dtype:  # the older spelling, still used by models.accelerate
-        return self.input_dtype
-
     # -- persistence ----------------------------------------------------------------------------------------
     def save(self, out_dir, provenance: dict[str, Any] | None = None, overwrite: bool = False):
         """Write our checkpoint format (``model.safetensors`` + ``config.json``)."""

@@ -165,7 +165,7 @@ def encode_prompt_grid(
     Each row's common token prefix is encoded once; the result equals ``model.encode_text`` on every prompt
     up to float rounding. Rows may differ in length and prefix; they are bucketed by prefix length.
     """
-    clip = model.clip
+    clip = getattr(model, "clip", None)  # None: a backend without the torch tower (ONNX): the plain path
     n_rows = len(prompts)
     n_cols = len(prompts[0]) if n_rows else 0
     if any(len(row) != n_cols for row in prompts):
@@ -174,10 +174,11 @@ def encode_prompt_grid(
         return torch.zeros(n_rows, n_cols, model.embed_dim)
     flat = [text for row in prompts for text in row]
     tokens = model.tokenize(flat).to(model.device).view(n_rows, n_cols, -1)
-    if not (share_prefixes and supports_prefix_sharing(clip)):
+    if not (share_prefixes and clip is not None and supports_prefix_sharing(clip)):
         chunk = max(1, max_rows // tokens.shape[-1])
         flat_tokens = tokens.view(n_rows * n_cols, -1)
-        out = torch.cat([clip.encode_text(flat_tokens[i : i + chunk]) for i in range(0, len(flat_tokens), chunk)])
+        encode = clip.encode_text if clip is not None else model.encode_text
+        out = torch.cat([encode(flat_tokens[i : i + chunk]) for i in range(0, len(flat_tokens), chunk)])
         return out.float().view(n_rows, n_cols, -1).cpu()
 
     from ..progress import progress_bar

@@ -22,6 +22,8 @@ class ServeSettings:
     model: str = "fetalclip-tiny"
     calibration: str | None = None
     segmenter: str | None = None
+    heads: list[str] = field(default_factory=list)  # saved probe heads (probe classify|clips --save-head)
+    backend: str = "torch"  # or "onnx": model is a `fetalclip export` folder
     device: str = "cpu"
     max_batch: int = 16
     max_wait_ms: float = 10.0
@@ -54,15 +56,11 @@ def read_api_key(path: str | os.PathLike | None) -> str | None:
 
 
 def open_predictor(settings: ServeSettings) -> Any:
-    """The model, its calibration and segmenter (each refused when fitted for other weights), as a predictor."""
-    from ..models import load
-    from ..tasks.calibration import load_calibration
-    from ..tasks.features import model_fingerprint
-    from ..tasks.predictor import Predictor
+    """The model, its calibration, segmenter and heads (each refused when fitted for other weights), as a predictor."""
+    from ..deploy import open_predictor as open_deployed
 
-    model = load(settings.model, device=settings.device)
-    calibration = load_calibration(settings.calibration, model_fingerprint(model)) if settings.calibration else None
-    return Predictor(model, calibration, segmenter=settings.segmenter)
+    return open_deployed(settings.model, backend=settings.backend, calibration=settings.calibration,
+                         segmenter=settings.segmenter, heads=settings.heads, device=settings.device)
 
 
 __all__ = ["API_KEY_ENV", "ServeSettings", "open_predictor", "read_api_key"]

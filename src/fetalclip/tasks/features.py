@@ -39,7 +39,13 @@ INDEX_NAME = "source-index.json"
 
 
 def model_fingerprint(model: FetalCLIP) -> str:
-    """sha256 of the vision tower's weights (names, shapes, dtypes and bytes) plus its preprocessing."""
+    """sha256 of the vision tower's weights (names, shapes, dtypes and bytes) plus its preprocessing.
+
+    A backend without the torch tower (an exported ONNX model) carries the fingerprint of the tower it was
+    exported from, so calibrations, heads and segmenters bound to those weights open with it too.
+    """
+    if not hasattr(model, "clip") and isinstance(getattr(model, "fingerprint", None), str):
+        return model.fingerprint
     digest = hashlib.sha256()
     for name, tensor in sorted(model.clip.visual.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
