@@ -33,20 +33,30 @@ def convert_command(
     source: str = typer.Argument(..., help="Published FetalCLIP_weights.pt, hf-hub: reference or checkpoint folder."),
     out_dir: Path = typer.Argument(..., help="Folder to write (model.safetensors + config.json)."),
     model_name: str = typer.Option(None, "--model-name", help="Architecture, when the shapes alone do not tell."),
+    merge: Path = typer.Option(None, "--merge", help="LoRA adapter folder (adapter.json + adapter.safetensors) to fold "
+                               "into the weights: OUT_DIR is then a plain checkpoint of the adapted model."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it exists."),
 ) -> None:
-    """Convert a published-format checkpoint into our safetensors folder format."""
+    """Convert a published-format checkpoint into our safetensors folder format (with --merge: base + LoRA adapter)."""
     from ..models import load
     from ..outputs import RunFolder, check_outputs
 
-    source_path = Path(source).expanduser()
-    sources = [source_path, *(source_path.iterdir() if source_path.is_dir() else ())]
+    sources = []
+    for path in [Path(source).expanduser()] + ([Path(merge).expanduser()] if merge else []):
+        sources += [path, *(path.iterdir() if path.is_dir() else ())]
     # OUT_DIR is replaced whole (the converter's own rule); the guard adds: never the source, and fail early.
     check_outputs(folders=[RunFolder(out_dir, writes=("model.safetensors", "config.json"), marks=(), option="OUT_DIR")],
                   inputs=sources, overwrite=overwrite)
-    model = load(source, model_name=model_name)
-    model.save(out_dir, provenance={"converted_from": source}, overwrite=overwrite)
-    typer.echo(f"wrote {out_dir} ({model.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
+    model = load(source, model_name=model_name, adapter=merge)
+    provenance = {"converted_from": source}
+    if merge is not None:
+        from ..models.lora import lora_config_of, merge_lora
+
+        provenance["lora"] = {**lora_config_of(model).to_dict(), "adapter": str(merge), "merged": True}
+        merge_lora(model)
+    model.save(out_dir, provenance=provenance, overwrite=overwrite)
+    typer.echo(f"wrote {out_dir} ({model.name}{', adapter merged' if merge else ''}, "
+               f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
 
 
 def register(app: typer.Typer) -> None:

@@ -165,12 +165,20 @@ def classify_command(
     skip_bad: bool = typer.Option(False, "--skip-bad"),
     device: str = typer.Option("cpu", "--device"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    lora_rank: int = typer.Option(0, "--lora-rank", min=0, help="Train LoRA adapters of this rank in the image tower "
+                                  "together with the head (0: frozen encoder, the linear probe)."),
 ) -> None:
     """Linear probe: patient-level folds x runs, macro F1 (mean, SD, CI) and per-class F1 on a held-out test split."""
     from ..tasks.probe import ProbeRecipe, linear_probe
 
     recipe = ProbeRecipe(lr=lr, weight_decay=weight_decay, grid=parse_grid(grid, lr, weight_decay), epochs=epochs,
                          batch_size=batch_size, folds=folds, runs=runs, standardize=standardize)
+    if lora_rank:
+        from .probe_lora import lora_classify
+
+        return lora_classify(data=data, model=model, label=label, classes=classes, exclude=exclude, test=test, recipe=recipe,
+                             rank=lora_rank, augment=augment, standardize=standardize, save_head=save_head, seed=seed,
+                             out=out, device=device, overwrite=overwrite)
     net, feature_cache, key, train_data, test_data, left_out = _labelled_inputs(
         model, cache, device, encode_batch, skip_bad, data, test, label, classes, exclude, augment, seed,
         {"--out": out, "--save-head": save_head}, overwrite,

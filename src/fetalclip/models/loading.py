@@ -57,12 +57,24 @@ def load(
     device: str | torch.device = "cpu",
     model_name: str | None = None,
     seed: int | None = 0,
+    adapter: str | os.PathLike | None = None,
 ) -> FetalCLIP:
     """Load a model by registered name, checkpoint folder, published ``.pt`` file or ``hf-hub:`` reference.
 
     ``model_name`` picks the architecture for a published ``.pt`` file when its shapes alone do not;
-    ``seed`` applies only to registered names (random initialisation).
+    ``seed`` applies only to registered names (random initialisation). ``adapter``: a LoRA adapter folder
+    (``models.lora.save_adapter``) applied on top; it must have been trained on exactly these base weights.
     """
+    model = _load_base(name_or_path, model_name, seed)
+    if adapter is not None:
+        from .lora import load_adapter
+
+        load_adapter(model, adapter)
+        model.config.setdefault("provenance", {})["adapter"] = os.fspath(adapter)
+    return model.to(device).eval()
+
+
+def _load_base(name_or_path: str | os.PathLike, model_name: str | None, seed: int | None) -> FetalCLIP:
     reference = os.fspath(name_or_path)
     if reference.startswith(HUB_PREFIX):
         path = resolve_hub_reference(reference)
@@ -83,13 +95,13 @@ def load(
             model = _load_published(path, source, model_name)
     elif reference in list_models():
         log.warning("%s: randomly initialised weights (seed %s); pass a checkpoint path for trained weights", reference, seed)
-        return create_model(reference, seed=seed, device=device)
+        return create_model(reference, seed=seed)
     else:
         raise ModelNotFoundError(
             f"{reference!r} is neither a file, a checkpoint folder, an hf-hub: reference nor a registered model "
             f"({', '.join(list_models())})"
         )
-    return model.to(device).eval()
+    return model
 
 
 def _load_checkpoint_dir(path: Path, source: str) -> FetalCLIP:

@@ -42,6 +42,13 @@ class TrainConfig:
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     grad_checkpointing: bool = False
+    # -- parameter-efficient adaptation (models.lora) ------------------------------------------------------
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of the towers (0 = full training)
+    lora_alpha: float = 16.0  # updates scaled by lora_alpha / lora_rank
+    lora_targets: list[str] = field(default_factory=lambda: ["attn", "mlp"])  # attn (q, k, v, out) and/or mlp
+    lora_towers: list[str] = field(default_factory=lambda: ["image", "text"])
+    lora_dropout: float = 0.0
+    lora_train_extra: list[str] = field(default_factory=list)  # also train: logit_scale, image_proj, text_proj
     # -- data ----------------------------------------------------------------------------------------------
     data: list[str] = field(default_factory=list)  # shard folders and/or dataset specs
     holdout_fraction: float = 0.0  # share of patients kept out of training for evaluation hooks
@@ -113,9 +120,34 @@ class TrainConfig:
             problems.append(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
         if self.context_length is not None and self.context_length < 2:
             problems.append("context_length must be >= 2")
+        problems += self._lora_problems()
         if problems:
             raise FetalCLIPError("training config: " + "; ".join(problems))
         return self
+
+    def _lora_problems(self) -> list[str]:
+        if self.lora_rank < 0:
+            return ["lora_rank must be >= 0 (0 = no adapters)"]
+        if not self.lora_rank:
+            return []
+        problems = []
+        if self.lock_image or self.lock_text:
+            problems.append("lora_rank > 0 freezes both towers itself; drop lock_image / lock_text")
+        try:
+            self.lora()
+        except FetalCLIPError as exc:  # the adapter config's own words, in this file's setting names
+            for part in str(exc).removeprefix("LoRA config: ").split("; "):
+                problems.append(("lora_train_" if part.startswith("extra") else "lora_") + part)
+        return problems
+
+    def lora(self) -> "LoraConfig | None":  # noqa: F821 - imported on use (models.lora)
+        """The run's ``models.lora.LoraConfig`` (``None`` when ``lora_rank`` is 0: full training)."""
+        if not self.lora_rank:
+            return None
+        from ..models.lora import LoraConfig
+
+        return LoraConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=tuple(self.lora_targets),
+                          towers=tuple(self.lora_towers), dropout=self.lora_dropout, extra=tuple(self.lora_train_extra))
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -249,7 +281,8 @@ def make_config(
 # different run, so ``--resume`` refuses. ``steps`` (extending a run) and observability settings may change.
 TRAJECTORY_KEYS = (
     "model", "init", "context_length", "model_overrides", "lock_image", "lock_image_unlocked_groups", "lock_text",
-    "lock_text_unlocked_layers", "data", "holdout_fraction", "clean", "caption_fn", "balance_views", "augment",
+    "lock_text_unlocked_layers", "lora_rank", "lora_alpha", "lora_targets", "lora_towers", "lora_dropout",
+    "lora_train_extra", "data", "holdout_fraction", "clean", "caption_fn", "balance_views", "augment",
     "batch_size", "accum_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
     "loss", "seed",
 )

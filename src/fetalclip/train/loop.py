@@ -54,7 +54,7 @@ from .data import (
 )
 from .distributed import DistContext, barrier, broadcast_object, gather_objects, init_distributed, mean_across, shutdown_distributed
 from .hooks import EvalHook, RetrievalHook, configured_hooks, has_configured_hooks
-from .modeling import build_model
+from .modeling import adapt_for_training, build_model, save_trained_model
 from .optim import build_optimizer
 from .rundir import CONFIG_FILE, MODEL_DIR, SUMMARY_FILE, has_history, prepare_run_dir
 from .runlog import RunLog
@@ -175,6 +175,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hook
         clip.lock_image_tower(unlocked_groups=config.lock_image_unlocked_groups, freeze_bn_stats=False)
     if config.lock_text:
         clip.lock_text_tower(unlocked_layers=config.lock_text_unlocked_layers, freeze_layer_norm=True)
+    adapt_for_training(model, config.lora())  # lora_rank > 0: towers frozen, adapters train
     if config.grad_checkpointing:
         clip.set_grad_checkpointing(True)
     model.to(device).train()
@@ -379,8 +380,8 @@ def _evaluate(model, hooks, step, autocast_dtype, ctx) -> dict[str, float]:
 
 def _export(model, run_dir: Path, config: TrainConfig, ctx: DistContext, result: TrainResult) -> Path:
     """The trained model in our checkpoint format, and the run summary."""
-    model_dir = model.save(
-        run_dir / MODEL_DIR,
+    model_dir = save_trained_model(
+        model, run_dir / MODEL_DIR,
         provenance={
             "training": {
                 "steps": result.end_step, "data": list(config.data), "loss": config.loss, "seed": config.seed,

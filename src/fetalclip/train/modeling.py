@@ -6,6 +6,11 @@ differs, the text position embeddings are resampled (linear interpolation along 
 kept), the usual way to reuse learned absolute positions at another length. SigLIP needs a learnable logit
 bias, which a CLIP-trained init lacks: it is then added with SigLIP's published starting values
 (temperature 10, bias -10), and dropped again if a SigLIP init is trained with the CLIP loss.
+
+With ``lora_rank > 0`` (``adapt_for_training``) the towers are frozen and LoRA adapters (``models.lora``)
+train instead, bound to the weights the run starts from. The run's ``model/`` is then the adapters merged in
+(a plain checkpoint every command opens) and ``adapter/`` the adapters alone, small, for
+``fetalclip.load(BASE, adapter=...)`` with BASE the run's ``init`` (``save_trained_model``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError
 from ..models import FetalCLIP, get_model_config, load
-from ..models.checkpoint import describe_mismatches, state_dict_mismatches
+from ..models.checkpoint import describe_mismatches, state_dict_mismatches, write_checkpoint_dir
+from ..models.lora import apply_lora, count_trainable, lora_config_of, merged_state_dict, save_adapter
 from ..models.registry import architecture_of, build_clip
 from ..provenance import base_provenance
 
@@ -120,3 +126,35 @@ def _load_init_weights(clip: torch.nn.Module, state_dict: Mapping[str, torch.Ten
     if problems:
         raise CheckpointError(f"{source}: init weights do not fit the configured model: {problems}")
     clip.load_state_dict(state, strict=True)
+
+
+ADAPTER_DIR = "adapter"  # beside the run's model/: the LoRA adapters alone
+
+
+def adapt_for_training(model: FetalCLIP, lora) -> int | None:
+    """Freeze the towers and add LoRA adapters per ``lora`` (a ``models.lora.LoraConfig``; ``None``: no-op).
+
+    Returns the number of trainable parameters (``None`` when nothing was changed).
+    """
+    if lora is None:
+        return None
+    apply_lora(model, lora)
+    trainable = count_trainable(model)
+    log.info("LoRA rank %d on %s of the %s tower(s): %d trainable parameters of %d", lora.rank, "+".join(lora.targets),
+             "+".join(lora.towers), trainable, sum(p.numel() for p in model.parameters()))
+    return trainable
+
+
+def save_trained_model(model: FetalCLIP, out_dir: Path, provenance: Mapping[str, Any], overwrite: bool = False) -> Path:
+    """The trained model in our checkpoint format; with adapters, merged there and also saved alone beside it."""
+    lora = lora_config_of(model)
+    if lora is None:
+        return model.save(out_dir, provenance=dict(provenance), overwrite=overwrite)
+    out_dir = Path(out_dir)
+    # The base the adapter binds to is what the run started from: its init (None: the seeded random weights).
+    save_adapter(model, out_dir.parent / ADAPTER_DIR, info={"base_reference": model.config.get("provenance", {}).get("init"),
+                                                            "training": dict(provenance).get("training")})
+    config = copy.deepcopy(model.config)
+    config["context_length"] = model.context_length
+    config["provenance"] = {**config.get("provenance", {}), **provenance, "lora": {**lora.to_dict(), "merged": True}}
+    return write_checkpoint_dir(out_dir, merged_state_dict(model), config, overwrite=overwrite)

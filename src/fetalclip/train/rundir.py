@@ -22,7 +22,7 @@ log = logging.getLogger("fetalclip.train")
 
 
 # What a run folder holds of a run; ``--restart`` moves exactly these aside.
-RUN_ENTRIES = (CONFIG_FILE, SUMMARY_FILE, TRAIN_LOG, EVAL_LOG, CHECKPOINT_DIR, MODEL_DIR, "tensorboard")
+RUN_ENTRIES = (CONFIG_FILE, SUMMARY_FILE, TRAIN_LOG, EVAL_LOG, CHECKPOINT_DIR, MODEL_DIR, "adapter", "tensorboard")
 
 
 def has_history(run_dir: Path) -> bool:
