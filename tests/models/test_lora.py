@@ -190,3 +190,22 @@ def test_adapters_are_not_stacked(model):
 def test_bad_configs_are_one_error(settings):
     with pytest.raises(AdapterError, match="LoRA config"):
         LoraConfig(**settings)
+
+
+def test_saving_an_adapted_model_writes_it_merged(tmp_path):
+    """``FetalCLIP.save`` on a model that still carries adapters writes the merged weights, which load plainly."""
+    import fetalclip
+    from fetalclip.models.lora import LoraConfig, adapter_parameters, apply_lora
+
+    model = fetalclip.load("fetalclip-tiny", seed=0)
+    apply_lora(model, LoraConfig(rank=2, alpha=4))
+    with torch.no_grad():
+        for parameter in adapter_parameters(model):
+            parameter.add_(0.05)  # a trained adapter: the merged weights differ from the base
+    images = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        expected = model.encode_image(images)
+    model.save(tmp_path / "merged")
+    reloaded = fetalclip.load(tmp_path / "merged")
+    with torch.inference_mode():
+        torch.testing.assert_close(reloaded.encode_image(images), expected, rtol=1e-5, atol=1e-5)

@@ -135,7 +135,11 @@ class FetalCLIP(torch.nn.Module):
         config = copy.deepcopy(self.config)
         config["context_length"] = self.context_length
         config["provenance"] = {**config.get("provenance", {}), **(provenance or {})}
-        return write_checkpoint_dir(out_dir, self.clip.state_dict(), config, overwrite=overwrite)
+        from .lora import lora_config_of, merged_state_dict
+
+        # A model still carrying LoRA adapters is written merged: a plain checkpoint every command can open.
+        state = merged_state_dict(self.clip) if lora_config_of(self.clip) is not None else self.clip.state_dict()
+        return write_checkpoint_dir(out_dir, state, config, overwrite=overwrite)
 
     def architecture(self) -> dict[str, Any]:
         return architecture_of(self.config)
