@@ -13,22 +13,6 @@ from fetalclip.models import create_model
 from fetalclip.models.lora import LoraConfig, apply_lora, lora_config_of, save_adapter
 
 
-def _main(args):
-    from fetalclip.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return exit_info.value.code
-
-
-@pytest.fixture(scope="module")
-def planes_spec(tmp_path_factory):
-    from fetalclip.sim.dataset import parse_sim_spec, write_phantom
-
-    n, config = parse_sim_spec("24,size=64,per_patient=2,classes=brain+femur+abdomen")
-    return write_phantom(n, config, tmp_path_factory.mktemp("lora-planes"))["spec"]
-
-
 @pytest.fixture
 def base_and_adapter(tmp_path):
     base = create_model("fetalclip-tiny", seed=0)
@@ -41,10 +25,10 @@ def base_and_adapter(tmp_path):
     return base_dir, save_adapter(base, tmp_path / "adapter"), base
 
 
-def test_convert_merge_writes_a_plain_checkpoint_of_the_adapted_model(tmp_path, base_and_adapter, one_thread):
+def test_convert_merge_writes_a_plain_checkpoint_of_the_adapted_model(cli_exit_code, tmp_path, base_and_adapter, one_thread):
     base_dir, adapter_dir, adapted = base_and_adapter
     out = tmp_path / "merged"
-    assert _main(["convert", str(base_dir), str(out), "--merge", str(adapter_dir)]) == 0
+    assert cli_exit_code(["convert", str(base_dir), str(out), "--merge", str(adapter_dir)]) == 0
     merged = fetalclip.load(out)
     assert lora_config_of(merged) is None and merged.config["provenance"]["lora"]["merged"] is True
     assert set(merged.clip.state_dict()) == set(fetalclip.load(base_dir).clip.state_dict())
@@ -56,18 +40,18 @@ def test_convert_merge_writes_a_plain_checkpoint_of_the_adapted_model(tmp_path, 
         torch.testing.assert_close(merged.encode_text(tokens), adapted.encode_text(tokens), rtol=0, atol=1e-5)
 
 
-def test_convert_merge_refuses_another_base(tmp_path, base_and_adapter, capsys):
+def test_convert_merge_refuses_another_base(cli_exit_code, tmp_path, base_and_adapter, capsys):
     _, adapter_dir, _ = base_and_adapter
     other = create_model("fetalclip-tiny", seed=1).save(tmp_path / "other")
-    assert _main(["convert", str(other), str(tmp_path / "out"), "--merge", str(adapter_dir)]) == 2
+    assert cli_exit_code(["convert", str(other), str(tmp_path / "out"), "--merge", str(adapter_dir)]) == 2
     assert "other base weights" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def test_probe_classify_with_lora_reports_like_the_linear_probe(tmp_path, planes_spec, tiny_model, one_thread):
+def test_probe_classify_with_lora_reports_like_the_linear_probe(cli_exit_code, tmp_path, planes_spec, tiny_model, one_thread):
     common = ["probe", "classify", "--data", planes_spec, "--folds", "2", "--runs", "1", "--epochs", "2", "--lr", "1e-2",
               "--batch-size", "8"]
-    assert _main([*common, "--cache", "none", "--out", str(tmp_path / "linear.json")]) == 0
-    assert _main([*common, "--lora-rank", "2", "--out", str(tmp_path / "lora.json")]) == 0
+    assert cli_exit_code([*common, "--cache", "none", "--out", str(tmp_path / "linear.json")]) == 0
+    assert cli_exit_code([*common, "--lora-rank", "2", "--out", str(tmp_path / "lora.json")]) == 0
     linear, lora = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("linear", "lora"))
     assert lora["task"] == "lora-probe" and lora["lora"]["rank"] == 2 and lora["lora"]["towers"] == ["image"]
     shared = set(linear) - {"provenance", "grid"}
@@ -83,6 +67,6 @@ def test_probe_classify_with_lora_reports_like_the_linear_probe(tmp_path, planes
 
 @pytest.mark.parametrize("extra, message", [(["--augment", "1"], "--augment"), (["--save-head", "h.safetensors"], "--save-head"),
                                             (["--grid", "1e-3:0.0,1e-2:0.0"], "grid")])
-def test_probe_lora_refuses_what_only_a_frozen_probe_does(tmp_path, planes_spec, capsys, extra, message):
-    assert _main(["probe", "classify", "--data", planes_spec, "--lora-rank", "2", *extra]) == 2
+def test_probe_lora_refuses_what_only_a_frozen_probe_does(cli_exit_code, tmp_path, planes_spec, capsys, extra, message):
+    assert cli_exit_code(["probe", "classify", "--data", planes_spec, "--lora-rank", "2", *extra]) == 2
     assert message in capsys.readouterr().err

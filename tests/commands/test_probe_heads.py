@@ -5,36 +5,19 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from fetalclip.data.datasets import open_dataset
 from fetalclip.tasks.heads import load_head
 
 
-def _main(args):
-    from fetalclip.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return exit_info.value.code
-
-
-@pytest.fixture(scope="module")
-def planes_spec(tmp_path_factory):
-    from fetalclip.sim.dataset import parse_sim_spec, write_phantom
-
-    n, config = parse_sim_spec("24,size=64,per_patient=2,classes=brain+femur+abdomen")
-    return write_phantom(n, config, tmp_path_factory.mktemp("cli-planes"))["spec"]
-
-
-def test_classify_saves_the_head_it_trained(tmp_path, planes_spec, tiny_model, one_thread):
+def test_classify_saves_the_head_it_trained(cli_exit_code, tmp_path, planes_spec, tiny_model, one_thread):
     from fetalclip.tasks.features import FeatureCache
     from fetalclip.tasks.probe import ProbeRecipe, linear_probe, probe_data
 
     head_path = tmp_path / "plane.safetensors"
     args = ["probe", "classify", "--data", planes_spec, "--folds", "2", "--runs", "1", "--epochs", "4", "--lr", "1e-2",
             "--standardize", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "r.json"), "--save-head", str(head_path)]
-    assert _main(args) == 0
+    assert cli_exit_code(args) == 0
     result = json.loads((tmp_path / "r.json").read_text())
     head = load_head(head_path, result["provenance"]["model_fingerprint"])
     assert (head.name, head.input, head.classes) == ("plane", "image", result["classes"])
@@ -47,16 +30,16 @@ def test_classify_saves_the_head_it_trained(tmp_path, planes_spec, tiny_model, o
     load_head(head_path, tiny_model)  # bound to these weights
 
 
-def test_save_head_is_guarded_and_bad_recipes_fail_before_the_model_loads(tmp_path, planes_spec, capsys):
+def test_save_head_is_guarded_and_bad_recipes_fail_before_the_model_loads(cli_exit_code, tmp_path, planes_spec, capsys):
     head_path = tmp_path / "h.safetensors"
     head_path.write_bytes(b"x")
-    assert _main(["probe", "classify", "--data", planes_spec, "--cache", "none", "--save-head", str(head_path)]) == 2
+    assert cli_exit_code(["probe", "classify", "--data", planes_spec, "--cache", "none", "--save-head", str(head_path)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert _main(["probe", "classify", "--data", planes_spec, "--cache", "none", "--lr", "-1"]) == 2
+    assert cli_exit_code(["probe", "classify", "--data", planes_spec, "--cache", "none", "--lr", "-1"]) == 2
     assert "probe recipe: lr = -1.0 must be a positive, finite number" in capsys.readouterr().err
 
 
-def test_clips_saves_a_clip_head(tmp_path, one_thread):
+def test_clips_saves_a_clip_head(cli_exit_code, tmp_path, one_thread):
     from fetalclip.sim.cine import parse_cine_spec, write_cine
 
     n, config = parse_cine_spec("12,size=64,frames=4,clips_per_patient=1")
@@ -65,7 +48,7 @@ def test_clips_saves_a_clip_head(tmp_path, one_thread):
     args = ["probe", "clips", "--data", f"csv:{tmp_path / 'cine' / 'manifest.csv'}", "--frames", "3", "--folds", "2",
             "--runs", "1", "--epochs", "3", "--positive", "chd", "--cache", str(tmp_path / "cache"),
             "--out", str(tmp_path / "r.json"), "--save-head", str(head_path)]
-    assert _main(args) == 0
+    assert cli_exit_code(args) == 0
     result = json.loads((tmp_path / "r.json").read_text())
     head = load_head(head_path, result["provenance"]["model_fingerprint"])
     assert (head.name, head.input, head.frames, head.classes) == ("chd", "clip", 3, ["normal", "chd"])
