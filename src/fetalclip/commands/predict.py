@@ -83,43 +83,108 @@ def predict_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Frames per encoder batch of a --sweep."),
     device: str = typer.Option("cpu", "--device"),
     backend: str = typer.Option("torch", "--backend", help="torch, or onnx: MODEL is a `fetalclip export` folder (ONNX Runtime)."),
+    parts: Optional[Path] = typer.Option(None, "--parts", help="Folder of resumable per-chunk answers (part-NNNNNN.json). "
+                                         "Under torchrun with more than one process it defaults to OUT.parts; each rank "
+                                         "answers every N-th chunk and rank 0 joins them into OUT."),
+    chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="Scans (or sweeps) per part, with --parts or under torchrun."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Which plane, how sure, is it a standard plane, brain sub-plane and gestational age: per scan."""
+    from ..deploy import open_predictor
     from ..errors import FetalCLIPError
-    from ..outputs import check_outputs
+    from ..outputs import RunFolder, check_outputs
+    from ..tasks.embed import INDEX_FILE, RUN_FILE
+    from ..torchrun import torchrun_env
 
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise FetalCLIPError(f"{out}: --out must end in .json or .csv")
     items = paths if sweep else _expand(paths)
     if not items:
         raise FetalCLIPError("no scans found in " + ", ".join(map(str, paths)))
-    check_outputs({"--out": out}, inputs=[*items, calibration, segmenter, *head], overwrite=overwrite)
-    from ..deploy import open_predictor
+    if torchrun_env().distributed and parts is None:
+        if out is None:
+            raise FetalCLIPError("under torchrun, predict needs --out (the parts go beside it, in OUT.parts)")
+        parts = out.with_name(out.name + ".parts")
+    if parts is not None and out is None:
+        raise FetalCLIPError("--parts needs --out: the joined answers are written there")
+    folders = [] if parts is None else [RunFolder(parts, writes=(RUN_FILE, INDEX_FILE), marks=(RUN_FILE,), option="--parts")]
+    check_outputs({"--out": out}, inputs=[*items, calibration, segmenter, *head], folders=folders, overwrite=overwrite)
+    context = None
+    if parts is not None:
+        from ..train.distributed import init_distributed
 
-    predictor = open_predictor(model, backend=backend, calibration=calibration, segmenter=segmenter, heads=head,
-                               head_mask=head_mask, device=device)
-    net = predictor.model
-    if sweep:
-        answers, skipped = _each(items, lambda path: predictor.sweep(path, spacing_mm=spacing, batch_size=batch_size),
-                                 skip_bad, "sweep")
-        rows = _show_sweeps(answers)
-        key = "sweeps"
-        columns = SWEEP_COLUMNS + (BIOMETRY_COLUMNS if segmenter is not None else ()) + _head_columns(rows)
-    else:
-        # One file at a time, so that --skip-bad can leave out exactly the file that does not read.
-        answers, skipped = _each(items, lambda path: predictor(path, spacing_mm=spacing, view=view), skip_bad, "scan")
-        rows = _show_scans(answers)
-        if predictor.calibration is None:
-            typer.echo("uncalibrated: probabilities are the raw zero-shot softmax (see `fetalclip calibrate`)")
-        key = "predictions"
-        columns = CSV_COLUMNS + (BIOMETRY_COLUMNS if segmenter is not None else ()) + _head_columns(rows)
+        context = init_distributed(device)
+        device = str(context.device)
+    try:
+        predictor = open_predictor(model, backend=backend, calibration=calibration, segmenter=segmenter, heads=head,
+                                   head_mask=head_mask, device=device)
+        if sweep:
+            def answer(path):
+                return predictor.sweep(path, spacing_mm=spacing, batch_size=batch_size)
+        else:
+            def answer(path):  # one file at a time, so that --skip-bad leaves out exactly the file that does not read
+                return predictor(path, spacing_mm=spacing, view=view)
+        unit, rows_of = ("sweep", _sweep_rows) if sweep else ("scan", _scan_rows)
+        if context is None:
+            answers, skipped = _each(items, answer, skip_bad, unit)
+            rows = _show_sweeps(answers) if sweep else _show_scans(answers)
+            documents = [a.to_dict() for a in answers]
+            if not sweep and predictor.calibration is None:
+                typer.echo("uncalibrated: probabilities are the raw zero-shot softmax (see `fetalclip calibrate`)")
+        else:
+            record = _parts_record(predictor, items, model, backend, sweep, view, spacing, calibration, segmenter, head,
+                                   head_mask, batch_size)
+            joined = _in_parts(context, items, parts, record, chunk_size,
+                               lambda chunk: _answer_chunk(chunk, answer, rows_of, skip_bad, unit))
+            if joined is None:  # not rank 0: its parts are written, rank 0 writes OUT
+                return
+            documents, rows, skipped = joined["answers"], joined["rows"], [tuple(x) for x in joined["skipped"]]
+            typer.echo(f"{len(documents)} {unit}s answered in {parts} ({len(skipped)} skipped)")
+    finally:
+        if context is not None:
+            from ..train.distributed import shutdown_distributed
+
+            shutdown_distributed(context)
     if skipped:
         typer.echo(f"skipped {len(skipped)} unreadable files (first: {skipped[0][0]}: {skipped[0][1]})", err=True)
+    base = SWEEP_COLUMNS if sweep else CSV_COLUMNS
+    columns = base + (BIOMETRY_COLUMNS if segmenter is not None else ()) + _head_columns(rows)
     if out is not None:
-        _write(out, {"model": net.name, "model_reference": model, "calibration": str(calibration) if calibration else None,
+        _write(out, {"model": predictor.model.name, "model_reference": model,
+                     "calibration": str(calibration) if calibration else None,
                      "segmenter": str(segmenter) if segmenter else None, "heads": [str(h) for h in head],
-                     key: [answer.to_dict() for answer in answers]}, skipped, columns, rows)
+                     "sweeps" if sweep else "predictions": documents}, skipped, columns, rows)
+
+
+def _answer_chunk(chunk, answer, rows_of, skip_bad: bool, unit: str) -> dict[str, list]:
+    answers, skipped = _each(list(chunk), answer, skip_bad, unit)
+    return {"answers": [a.to_dict() for a in answers], "rows": rows_of(answers), "skipped": [list(x) for x in skipped]}
+
+
+def _parts_record(predictor, items, model, backend, sweep, view, spacing, calibration, segmenter, heads, head_mask,
+                  batch_size) -> dict:
+    """What a parts folder's answers depend on: another run's parts are refused, not mixed in."""
+    import hashlib
+
+    from ..tasks.features import model_fingerprint
+
+    return {"command": "predict", "model": str(model), "fingerprint": model_fingerprint(predictor.model),
+            "backend": backend, "sweep": sweep, "view": view, "spacing_mm": spacing,
+            "calibration": str(calibration) if calibration else None, "segmenter": str(segmenter) if segmenter else None,
+            "heads": [str(h) for h in heads], "head_mask": head_mask, "batch_size": batch_size if sweep else None,
+            "items_sha256": hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()}
+
+
+def _in_parts(context, items, parts: Path, record: dict, chunk_size: int, compute):
+    """This rank's chunks into ``parts``; after every rank is done, rank 0 returns the joined lists (others None)."""
+    from ..tasks.json_parts import join_json_parts, run_json_parts
+    from ..train.distributed import barrier
+
+    computed = run_json_parts(items, parts, compute, record, rank=context.rank, world_size=context.world_size,
+                              chunk_size=chunk_size)
+    typer.echo(f"rank {context.rank}/{context.world_size}: {len(computed)} parts computed in {parts}", err=True)
+    barrier(context)
+    return join_json_parts(parts) if context.is_main else None
 
 
 def _head_columns(rows: list[dict[str, str]]) -> tuple[str, ...]:
@@ -142,8 +207,12 @@ def _each(items: list[Path], answer, skip_bad: bool, unit: str) -> tuple[list, l
     return answers, skipped
 
 
+def _scan_rows(answers) -> list[dict[str, str]]:
+    return [_row(answer) for answer in answers]
+
+
 def _show_scans(answers) -> list[dict[str, str]]:
-    rows = [_row(answer) for answer in answers]
+    rows = _scan_rows(answers)
     typer.echo(f"{'scan':<36} {'plane':<10} {'p':>6} {'standard':>8} {'sub-plane':<18} {'GA':>7} {'range':<13}")
     for row, answer in zip(rows, answers):
         name = Path(row["source"]).name[-36:]
@@ -170,18 +239,29 @@ def _biometry_line(row: dict[str, str]) -> str:
     return line + (f"  ({row['biometry_note']})" if row["biometry_note"] else "")
 
 
+def _sweep_row(answer) -> dict[str, str]:
+    """A sweep's row: its best frame per plane and the GA (and biometry) of its best head frame."""
+    best = "; ".join(f"{plane}@{b['frame']} ({b['probability']:.2f})" for plane, b in answer.best_frames.items())
+    age = answer.head.gestational_age if answer.head is not None else None
+    ga = (age.weeks_days or age.reason) if age is not None else ""
+    biometry = answer.head.biometry if answer.head is not None else None
+    return {"source": answer.source, "frames": str(len(answer.frames)), "best_frames": best, "ga": ga or "",
+            **_biometry_row(biometry), **_heads_cells(answer.heads)}
+
+
+def _sweep_rows(answers) -> list[dict[str, str]]:
+    return [_sweep_row(answer) for answer in answers]
+
+
 def _show_sweeps(answers) -> list[dict[str, str]]:
     """One row per sweep: its best frame per plane and the GA of its best head frame."""
     rows = []
     typer.echo(f"{'sweep':<36} {'frames':>6}  best frame per plane (probability)          GA at the best head frame")
     for answer in answers:
-        best = "; ".join(f"{plane}@{b['frame']} ({b['probability']:.2f})" for plane, b in answer.best_frames.items())
-        age = answer.head.gestational_age if answer.head is not None else None
-        ga = (age.weeks_days or age.reason) if age is not None else ""
-        biometry = answer.head.biometry if answer.head is not None else None
-        row = {"source": answer.source, "frames": str(len(answer.frames)), "best_frames": best, "ga": ga or "",
-               **_biometry_row(biometry), **_heads_cells(answer.heads)}
+        row = _sweep_row(answer)
         rows.append(row)
+        best, ga = row["best_frames"], row["ga"]
+        biometry = answer.head.biometry if answer.head is not None else None
         typer.echo(f"{Path(answer.source).name[-36:]:<36} {len(answer.frames):>6}  {best or 'no standard frame':<43} {ga or ''}")
         if biometry is not None:
             typer.echo(f"    best head frame: {_biometry_line(row)}")

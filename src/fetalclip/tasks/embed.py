@@ -168,7 +168,7 @@ def run_record(model, paths: Sequence[str | os.PathLike], chunk_size: int, batch
             "files": len(paths), "files_sha256": listing}
 
 
-def _claim_parts_folder(folder: Path, record: dict) -> None:
+def claim_parts_folder(folder: Path, record: dict) -> None:
     from ..io import write_json_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,7 @@ def embed_parts(
 
     paths = [Path(p) for p in paths]
     folder = Path(folder)
-    _claim_parts_folder(folder, run_record(model, paths, chunk_size, batch_size, mode, normalize))
+    claim_parts_folder(folder, run_record(model, paths, chunk_size, batch_size, mode, normalize))
     computed = []
     for positions in chunks_of(len(paths), chunk_size, rank, world_size):
         chunk = positions.start // chunk_size
