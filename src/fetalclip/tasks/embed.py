@@ -30,7 +30,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -212,17 +212,23 @@ def embed_parts(
     return computed
 
 
-def iter_parts(folder: str | os.PathLike) -> Iterable[EmbeddingResult]:
-    """The parts of a complete parts folder in input order, one at a time (nothing else is loaded)."""
-    folder = Path(folder)
+def complete_chunks(folder: Path, count_key: str, name: Callable[[int], str], what: str) -> int:
+    """The number of chunks of a parts folder whose every part is written (else one error saying how to finish)."""
     if not (folder / RUN_FILE).is_file():
-        raise FetalCLIPError(f"{folder}: not a parts folder of `fetalclip embed` ({RUN_FILE} is missing)")
+        raise FetalCLIPError(f"{folder}: not a parts folder of {what} ({RUN_FILE} is missing)")
     record = json.loads((folder / RUN_FILE).read_text())
-    n_chunks = -(-record["files"] // record["chunk_size"])
-    missing = [part_name(c) for c in range(n_chunks) if not (folder / part_name(c)).is_file()]
+    n_chunks = -(-record[count_key] // record["chunk_size"])
+    missing = [name(c) for c in range(n_chunks) if not (folder / name(c)).is_file()]
     if missing:
         raise FetalCLIPError(f"{folder}: {len(missing)} of {n_chunks} parts are not written yet (first: {missing[0]}); "
                              "run the same command again to finish them")
+    return n_chunks
+
+
+def iter_parts(folder: str | os.PathLike) -> Iterable[EmbeddingResult]:
+    """The parts of a complete parts folder in input order, one at a time (nothing else is loaded)."""
+    folder = Path(folder)
+    n_chunks = complete_chunks(folder, "files", part_name, "`fetalclip embed`")
     for chunk in range(n_chunks):
         with np.load(folder / part_name(chunk), allow_pickle=False) as part:
             yield EmbeddingResult(part["embeddings"], part["sources"].tolist(),

@@ -15,8 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from ..errors import FetalCLIPError
-from .embed import INDEX_FILE, RUN_FILE, chunks_of, claim_parts_folder
+from .embed import INDEX_FILE, chunks_of, claim_parts_folder, complete_chunks
 
 
 def json_part_name(chunk: int) -> str:
@@ -44,15 +43,7 @@ def run_json_parts(items: Sequence[Any], folder: str | os.PathLike, compute: Cal
 def iter_json_parts(folder: str | os.PathLike) -> Iterator[dict[str, list]]:
     """The parts of a complete folder in input order, one at a time."""
     folder = Path(folder)
-    if not (folder / RUN_FILE).is_file():
-        raise FetalCLIPError(f"{folder}: not a parts folder ({RUN_FILE} is missing)")
-    record = json.loads((folder / RUN_FILE).read_text())
-    n_chunks = -(-record["items"] // record["chunk_size"])
-    missing = [json_part_name(c) for c in range(n_chunks) if not (folder / json_part_name(c)).is_file()]
-    if missing:
-        raise FetalCLIPError(f"{folder}: {len(missing)} of {n_chunks} parts are not written yet (first: {missing[0]}); "
-                             "run the same command again to finish them")
-    for chunk in range(n_chunks):
+    for chunk in range(complete_chunks(folder, "items", json_part_name, "a sharded run")):
         yield json.loads((folder / json_part_name(chunk)).read_text())
 
 
