@@ -126,3 +126,13 @@ def test_newer_format_version_is_refused(tmp_path, tiny_model):
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="newer"):
         fetalclip.load(out)
+
+
+def test_weights_hash_covers_zero_dim_tensors_and_every_byte():
+    from fetalclip.models.checkpoint import hash_weights
+
+    base = {"w": torch.ones(2, 3), "num_batches_tracked": torch.tensor(7)}  # a BatchNorm counter is 0-d
+    same = hash_weights(dict(base)).hexdigest()
+    assert same == hash_weights({"num_batches_tracked": torch.tensor(7), "w": torch.ones(2, 3)}).hexdigest()
+    assert same != hash_weights({**base, "num_batches_tracked": torch.tensor(8)}).hexdigest()
+    assert same != hash_weights({**base, "w": torch.ones(3, 2)}).hexdigest()  # same bytes, other shape

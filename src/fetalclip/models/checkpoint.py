@@ -33,6 +33,23 @@ FORMAT_VERSION = 1
 _MAX_LISTED = 8
 
 
+def hash_weights(state: Mapping[str, torch.Tensor], digest=None):
+    """``digest`` (a new sha256 when ``None``) updated with every tensor's name, shape, dtype and bytes, by name.
+
+    The one way weights are fingerprinted (cached features, heads and segmenters bound to an encoder, LoRA's
+    base): two models hash alike exactly when their tensors are equal.
+    """
+    import hashlib
+
+    digest = hashlib.sha256() if digest is None else digest
+    for name, tensor in sorted(state.items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        # reshape(-1): a 0-d tensor (a temperature, BatchNorm's batch counter) cannot be viewed as bytes.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest
+
+
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:
     path = Path(path)
     return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()

@@ -32,7 +32,6 @@ the same file, since they are changes to the base.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -274,13 +273,9 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def weights_fingerprint(model: nn.Module) -> str:
     """sha256 over the base weights of both towers (names, shapes, dtypes, bytes), adapters left out."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(base_state_dict(model).items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
-        # reshape(-1): a 0-d tensor (the temperature) cannot be viewed as bytes.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+    from .checkpoint import hash_weights
+
+    return hash_weights(base_state_dict(model)).hexdigest()
 
 
 # -- files ---------------------------------------------------------------------------------------------------

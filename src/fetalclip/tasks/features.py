@@ -33,6 +33,7 @@ import torch
 from ..data.datasets import SampleDataset
 from ..errors import FetalCLIPError
 from ..io import atomic_path, write_json_atomic
+from ..models.checkpoint import hash_weights
 from ..models.model import FetalCLIP
 
 INDEX_NAME = "source-index.json"
@@ -46,11 +47,7 @@ def model_fingerprint(model: FetalCLIP) -> str:
     """
     if not hasattr(model, "clip") and isinstance(getattr(model, "fingerprint", None), str):
         return model.fingerprint
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.clip.visual.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    digest = hash_weights(model.clip.visual.state_dict())
     digest.update(json.dumps(model.preprocess.config.to_dict(), sort_keys=True).encode())
     return digest.hexdigest()
 
