@@ -51,3 +51,33 @@ def test_a_patient_on_two_machines_is_refused_and_small_groups_are_not_held_out(
 def test_data_without_domains_is_unavailable(tiny_model):
     with pytest.raises(TaskUnavailable, match="us_machine"):
         TransferPlanes().run(tiny_model, open_dataset("sim:8,size=64"), progress=False)
+
+
+def test_one_named_machine_and_a_subset_of_planes(fpdb, tiny_model, tmp_path):
+    from fetalclip.tasks.features import FeatureCache
+
+    four = ["abdomen", "brain", "femur", "thorax"]
+    result = TransferPlanes({"epochs": 3, "folds": 2, "held_out": ["Aloka"], "classes": four}).run(
+        tiny_model, fpdb, FeatureCache(tiny_model, tmp_path), progress=False, n_bootstrap=20)
+    assert result.details["held_out"] == ["Aloka"]
+    aloka = result.details["domains"]["Aloka"]
+    expected = sum(domain_of(r, "us_machine") == "Aloka" and r["label"] in four for r in fpdb.records)
+    assert aloka["n_test"] == expected and sorted(aloka["classes"]) == four
+    assert result.metrics["probe_macro_f1"].value == result.metrics["probe_macro_f1_aloka"].value
+    with pytest.raises(TaskUnavailable, match="no labelled image with us_machine = 'Nowhere'"):
+        TransferPlanes({"held_out": ["Nowhere"]}).run(tiny_model, fpdb, progress=False)
+
+
+def test_training_hook_scores_the_machine_the_run_never_saw(fpdb_dir, tmp_path):
+    from fetalclip.train import make_config, train
+
+    config = make_config(None, {
+        "model": "fetalclip-tiny", "model_overrides": {"vision_cfg": {"image_size": 64}, "text_cfg": {"context_length": 32}},
+        "data": [f"fpdb:{fpdb_dir}"], "steps": 2, "batch_size": 8, "progress": False, "device": "cpu",
+        "holdout_group": "us_machine=Aloka", "transfer_planes": f"fpdb:{fpdb_dir}",
+    })
+    result = train(config, tmp_path / "run", builtin_hooks=False)
+    assert set(k for k in result.eval if k.startswith("transfer/planes/")) == {
+        "transfer/planes/probe_macro_f1", "transfer/planes/probe_macro_f1_aloka",
+        "transfer/planes/zeroshot_macro_f1", "transfer/planes/zeroshot_macro_f1_aloka"}
+    assert 0 <= result.eval["transfer/planes/probe_macro_f1_aloka"] <= 100

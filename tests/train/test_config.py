@@ -25,7 +25,8 @@ def test_unknown_key_names_file(tmp_path):
 def test_set_assignments_are_typed():
     assert parse_assignment("lr=3e-4") == ("lr", 3e-4)
     assert parse_assignment("steps=12") == ("steps", 12)
-    assert parse_assignment("augment=yes") == ("augment", True)
+    assert parse_assignment("clean=yes") == ("clean", True)
+    assert parse_assignment("augment=ultrasound") == ("augment", "ultrasound")
     assert parse_assignment("grad_clip=none") == ("grad_clip", None)
     assert parse_assignment("data=hc18:/a,fpdb:/b") == ("data", ["hc18:/a", "fpdb:/b"])
     assert parse_assignment('model_overrides={"embed_dim": 64}') == ("model_overrides", {"embed_dim": 64})

@@ -17,6 +17,7 @@ from fetalclip.train.data import (
     open_sources,
     split_by_patient,
     view_balance_weights,
+    view_of,
 )
 
 from .conftest import LABELS, write_pairs
@@ -48,15 +49,19 @@ def test_positions_are_seeded_epochs(pairs_spec):
     first_epoch = [dataset.item_at(p) for p in range(n)]
     assert sorted(first_epoch) == sorted(dataset.items)  # each sample once per epoch
     assert [dataset.item_at(p) for p in range(n, 2 * n)] != first_epoch  # reshuffled
-    image, tokens = dataset[5]
-    again_image, again_tokens = _pair_dataset(pairs_spec)[5]
+    image, tokens, view = dataset[5]
+    again_image, again_tokens, _ = _pair_dataset(pairs_spec)[5]
+    # Same view, same number; another view, another number.
+    views = {dataset.item_at(p): view_of(dataset.datasets[0].records[dataset.item_at(p)[1]]) for p in range(n)}
+    numbers = {views[dataset.item_at(p)]: int(dataset[p][2]) for p in range(n)}
+    assert len(set(numbers.values())) == len(numbers) == 4 and int(view) == numbers[views[dataset.item_at(5)]]
     assert image.shape == (3, 32, 32) and tokens.shape == (16,)
     assert torch.equal(image, again_image) and torch.equal(tokens, again_tokens)
     cached = _pair_dataset(pairs_spec)
     cached.enable_cache()
     again = next(p for p in range(n, 2 * n) if dataset.item_at(p) == dataset.item_at(5))
     for position in (5, again, 7):  # the second read of a sample comes from the cache
-        image, tokens = cached[position]
+        image, tokens, _ = cached[position]
         assert torch.equal(image, dataset[position][0]) and torch.equal(tokens, dataset[position][1])
     assert len(cached.cache) == 2
     # The same as the model's own preprocessing of the sample.
@@ -91,6 +96,17 @@ def test_view_balance_draws_rare_views_as_often_as_common_ones(tmp_path):
     # Still one order per (seed, epoch): another dataset object draws the same items.
     again = PairDataset(sources, items, Preprocessor({"image_size": 8}), 8, seed=1, weights=dataset.weights)
     assert [again.item_at(p) for p in range(100, 140)] == [dataset.item_at(p) for p in range(100, 140)]
+
+
+def test_augmentation_ramps_in_by_position(pairs_spec):
+    plain = _pair_dataset(pairs_spec)
+    ramped = _pair_dataset(pairs_spec, augmentation=Augmentation(), augment_ramp=400)
+    always = _pair_dataset(pairs_spec, augmentation=Augmentation())
+    untouched = lambda p: float((ramped[p][0] - plain[p][0]).abs().mean()) < 0.05  # noqa: E731 - resampled, not augmented
+    assert untouched(0)  # position 0: never augmented
+    early, late = [untouched(p) for p in range(1, 40)], [untouched(p) for p in range(400, 440)]
+    assert sum(early) > 30 and not any(late)
+    assert all(torch.equal(ramped[p][0], always[p][0]) for p in range(400, 405))  # past the ramp: the same augmentation
 
 
 def test_augmentation_is_seeded_by_position(pairs_spec):

@@ -217,9 +217,22 @@ def template_caption(sample: dict[str, Any], rng: np.random.Generator) -> str:
     return text
 
 
-def caption_sample(sample: dict[str, Any], rng: np.random.Generator, caption_fn: CaptionFn | None = None) -> str:
-    """The sample's own ``caption`` when it has one, else ``caption_fn`` (default: ``template_caption``)."""
-    if sample.get("caption"):
+def plain_caption(sample: dict[str, Any], rng: np.random.Generator) -> str:
+    """The view alone in one of the sentence frames: no age, no spacing (the packaged prompts' own shape).
+
+    For recipes that train for transfer: numbers in only one source's captions (HC18 has them, FETAL_PLANES_DB
+    does not) let the towers pair "a caption with numbers" with "an image that looks like that source", and
+    the prompts, which carry no numbers, then point away from that source's images.
+    """
+    phrases = view_phrases(sample)
+    view = phrases[int(rng.integers(len(phrases)))]
+    return TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(view=view, ga="", spacing="")
+
+
+def caption_sample(sample: dict[str, Any], rng: np.random.Generator, caption_fn: CaptionFn | None = None,
+                   own: bool = True) -> str:
+    """The sample's own ``caption`` when it has one (and ``own``), else ``caption_fn`` (default: ``template_caption``)."""
+    if own and sample.get("caption"):
         return str(sample["caption"])
     text = (caption_fn or template_caption)(sample, rng)
     if not isinstance(text, str) or not text.strip():

@@ -88,6 +88,14 @@ def patient_id(record: Mapping[str, Any]) -> str:
     return str(patient if patient not in (None, "") else record.get("source"))
 
 
+def domain_of(record: Mapping[str, Any], field: str) -> str | None:
+    """The record's domain (machine, site, ...): its ``field``, else its metadata's (``None`` when neither has it)."""
+    value = record.get(field)
+    if value is None:
+        value = (record.get("metadata") or {}).get(field)
+    return None if value in (None, "") else str(value).strip()
+
+
 def make_sample(
     image: np.ndarray,
     source: str,

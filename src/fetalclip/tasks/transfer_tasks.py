@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ..data.sample import patient_id
+from ..data.sample import domain_of, patient_id
 from ..errors import FetalCLIPError
 from .probe_tasks import LinearProbeOptions, _cache, _labelled_data
 from .result import Metric, Task, TaskResult, TaskUnavailable, percent
@@ -37,19 +37,13 @@ class TransferOptions(LinearProbeOptions):
     group_by: str = "us_machine"  # record or metadata field whose values are the domains held out in turn
     min_images: int = 10  # a domain with fewer labelled images is not held out (its F1 would be noise)
     zeroshot: bool = True  # also score zero-shot planes on each held-out domain
+    held_out: tuple[str, ...] = ()  # hold out only these domains (e.g. the machine a pretraining run never saw); () = each
+    classes: tuple[str, ...] = ()  # only these planes, e.g. an external cohort's four; () = every labelled plane
 
     def check(self) -> None:
         super().check()
         if isinstance(self.min_images, bool) or self.min_images < 1:
             raise FetalCLIPError(f"task {self.TASK}: option min_images = {self.min_images!r} must be a whole number >= 1")
-
-
-def domain_of(record: Mapping[str, Any], field: str) -> str | None:
-    """The record's domain: its ``field``, else its metadata's ``field`` (``None`` when it has neither)."""
-    value = record.get(field)
-    if value is None:
-        value = (record.get("metadata") or {}).get(field)
-    return None if value in (None, "") else str(value).strip()
 
 
 def _key(name: str) -> str:
@@ -75,15 +69,21 @@ class TransferPlanes(Task):
 
         options = self.options
         try:
-            labelled = labelled_subset(dataset, "label")
+            labelled = labelled_subset(dataset, "label", options.classes or None)
         except FetalCLIPError as exc:
             raise TaskUnavailable(f"{self.name}: {exc}") from None
         domains = [domain_of(record, options.group_by) for record in labelled.records]
         counts = Counter(d for d in domains if d is not None)
         held_out = sorted(d for d, n in counts.items() if n >= options.min_images)
-        if len(held_out) < 2:
-            raise TaskUnavailable(f"{self.name}: {dataset.name} has {len(held_out)} {options.group_by} group(s) with >= "
-                                  f"{options.min_images} labelled images; holding one out needs at least two")
+        missing = [d for d in options.held_out if d not in counts]
+        if missing:
+            raise TaskUnavailable(f"{self.name}: {dataset.name} has no labelled image with {options.group_by} = "
+                                  f"{missing[0]!r} (it has {', '.join(sorted(counts)) or 'none'})")
+        if options.held_out:
+            held_out = [d for d in held_out if d in options.held_out]
+        if len(counts) < 2 or not held_out:
+            raise TaskUnavailable(f"{self.name}: {dataset.name} has {len(counts)} {options.group_by} group(s), {len(held_out)} "
+                                  f"to hold out with >= {options.min_images} labelled images; holding one out needs at least two groups")
         self._check_patients(labelled.records, domains)
         cache = _cache(model, cache, progress)
         data = _labelled_data(self.name, model, labelled, cache, progress, seed, "label", (), options.augment)

@@ -52,10 +52,13 @@ class TrainConfig:
     # -- data ----------------------------------------------------------------------------------------------
     data: list[str] = field(default_factory=list)  # shard folders and/or dataset specs
     holdout_fraction: float = 0.0  # share of patients kept out of training for evaluation hooks
+    holdout_group: str | None = None  # "FIELD=VALUE": every sample with that value is held out too (e.g. a machine)
     clean: bool = False  # remove burned-in text and what lies outside the sector from dataset specs (not shards)
-    caption_fn: str = "template"  # "template" or "module:function" (a CaptionFn) for samples without a caption
+    caption_fn: str = "template"  # "template", "plain" (view only) or "module:function" (a CaptionFn)
+    own_captions: bool = True  # a sample's own caption (shards, phantom) wins over caption_fn; false: caption_fn for all
     balance_views: float = 0.0  # draw weight per sample ~ (samples of its view)^-balance: 0 natural, 1 views equal
-    augment: bool = False
+    augment: str = "none"  # none | mild | ultrasound (train.augment; true/false mean mild/none)
+    augment_ramp_steps: int = 0  # augmentation ramps in linearly over these first steps (0: from the start)
     cache_images: bool = False  # keep model-size images in memory after first use (data sets that fit in RAM)
     workers: int = 0  # DataLoader worker processes per training process
     # -- optimisation --------------------------------------------------------------------------------------
@@ -72,6 +75,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     # -- loss ----------------------------------------------------------------------------------------------
     loss: str = "clip"
+    view_positives: bool = False  # CLIP loss with every same-view pair a positive (train.objectives)
+    image_image_weight: float = 0.0  # > 0: add SimCLR's image-image loss between two augmented views, this weight
     local_loss: bool = True
     gather_with_grad: bool = True
     # -- run -----------------------------------------------------------------------------------------------
@@ -87,6 +92,7 @@ class TrainConfig:
     zeroshot_planes: str | None = None  # dataset spec (e.g. "fpdb:DIR") or "holdout": zero-shot plane F1 at every evaluation
     zeroshot_brain: str | None = None  # dataset spec: zero-shot brain sub-plane F1
     zeroshot_ga: str | None = None  # dataset spec with spacing and HC (e.g. "hc18:DIR"): zero-shot GA VPR
+    transfer_planes: str | None = None  # dataset spec with machines (e.g. "fpdb:DIR"): leave-one-machine-out probe F1
     eval_hooks: list[str] = field(default_factory=list)  # "package.module:factory", factory(config) -> hook
     tensorboard: bool = False
     progress: bool = True
@@ -104,14 +110,29 @@ class TrainConfig:
         for name in ("steps", "batch_size", "accum_steps", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
-        for name in ("save_every", "eval_every", "warmup_steps", "workers", "keep_checkpoints"):
+        for name in ("save_every", "eval_every", "warmup_steps", "workers", "keep_checkpoints", "augment_ramp_steps"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
+        from .augment import AUGMENTS, augment_name
+
+        self.augment = augment_name(self.augment)
+        if self.augment not in AUGMENTS:
+            problems.append(f"augment must be one of {AUGMENTS}, not {self.augment!r}")
+        if self.holdout_group is not None:
+            field_name, sep, value = self.holdout_group.partition("=")
+            if not sep or not field_name.strip() or not value.strip():
+                problems.append(f"holdout_group must read FIELD=VALUE (e.g. us_machine=Aloka), not {self.holdout_group!r}")
+        if self.image_image_weight < 0:
+            problems.append("image_image_weight must be >= 0")
+        elif self.image_image_weight > 0 and self.augment == "none":
+            problems.append("image_image_weight > 0 compares two augmented views of an image: set augment (mild or ultrasound)")
+        if self.view_positives and self.loss != "clip":
+            problems.append("view_positives is a form of the clip loss; use loss = \"clip\"")
         if not 0.0 <= self.balance_views <= 1.0:
             problems.append("balance_views must be in [0, 1]")
         for task in ZEROSHOT_TASKS:
-            if getattr(self, f"zeroshot_{task}") == HOLDOUT and not self.holdout_fraction:
-                problems.append(f"zeroshot_{task} = {HOLDOUT!r} needs holdout_fraction > 0")
+            if getattr(self, f"zeroshot_{task}") == HOLDOUT and not (self.holdout_fraction or self.holdout_group):
+                problems.append(f"zeroshot_{task} = {HOLDOUT!r} needs holdout_fraction > 0 or a holdout_group")
         if not 0.0 <= self.holdout_fraction < 1.0:
             problems.append("holdout_fraction must be in [0, 1)")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -282,9 +303,10 @@ def make_config(
 TRAJECTORY_KEYS = (
     "model", "init", "context_length", "model_overrides", "lock_image", "lock_image_unlocked_groups", "lock_text",
     "lock_text_unlocked_layers", "lora_rank", "lora_alpha", "lora_targets", "lora_towers", "lora_dropout",
-    "lora_train_extra", "data", "holdout_fraction", "clean", "caption_fn", "balance_views", "augment",
+    "lora_train_extra", "data", "holdout_fraction", "holdout_group", "clean", "caption_fn", "own_captions", "balance_views",
+    "augment", "augment_ramp_steps",
     "batch_size", "accum_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
-    "loss", "seed",
+    "loss", "view_positives", "image_image_weight", "seed",
 )
 
 
@@ -295,4 +317,7 @@ def trajectory_differences(saved: Mapping[str, Any], current: TrainConfig) -> li
     # A setting added after the run was saved had its default there.
     defaults = TrainConfig().to_dict()
     was = {key: saved.get(key, defaults[key]) for key in TRAJECTORY_KEYS}
+    from .augment import augment_name
+
+    was["augment"] = augment_name(was["augment"])  # runs saved before it was a name said true/false
     return [f"{key}: run has {was[key]!r}, now {now[key]!r}" for key in TRAJECTORY_KEYS if was[key] != now[key]]

@@ -29,13 +29,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.captions import CaptionFn, caption_sample, sample_view, template_caption
 from ..data.datasets import SampleDataset, open_dataset, parse_spec
+from ..data.sample import domain_of
 from ..data.shards import is_shard_folder
 from ..errors import FetalCLIPError
 from ..models.preprocess import Preprocessor, pad_to_square, spacing_224, to_rgb_image
 from ..models.tokenizer import tokenize
+from .augment import Augmentation, UltrasoundAugmentation
 
 # Streams of the seeded generators derived from (seed, stream, position).
-_CAPTION_STREAM, _AUGMENT_STREAM, _SPLIT_STREAM, _ORDER_STREAM = 1, 2, 3, 4
+_CAPTION_STREAM, _AUGMENT_STREAM, _SPLIT_STREAM, _ORDER_STREAM, _SECOND_VIEW_STREAM, _RAMP_STREAM = 1, 2, 3, 4, 5, 6
 
 ItemRef = tuple[int, int]  # (dataset number, index within it)
 
@@ -83,10 +85,10 @@ def training_spec(value: str) -> str:
 
 
 def resolve_caption_fn(name: str) -> CaptionFn:
-    """``template`` or ``package.module:function`` (any ``(sample, rng) -> str``)."""
-    from ..data.captions import load_caption_fn
+    """``template`` (view, age, spacing), ``plain`` (the view alone) or ``package.module:function``."""
+    from ..data.captions import load_caption_fn, plain_caption
 
-    return template_caption if name == "template" else load_caption_fn(name)
+    return {"template": template_caption, "plain": plain_caption}.get(name) or load_caption_fn(name)
 
 
 def patient_key(dataset: SampleDataset, record: dict[str, Any]) -> str:
@@ -95,17 +97,28 @@ def patient_key(dataset: SampleDataset, record: dict[str, Any]) -> str:
 
 
 def split_by_patient(
-    datasets: Sequence[SampleDataset], holdout_fraction: float, seed: int
+    datasets: Sequence[SampleDataset], holdout_fraction: float, seed: int, holdout_group: str | None = None
 ) -> tuple[list[ItemRef], list[ItemRef]]:
-    """(training items, held-out items), with every patient wholly on one side."""
+    """(training items, held-out items), with every patient wholly on one side.
+
+    ``holdout_group`` (``"FIELD=VALUE"``, e.g. ``us_machine=Aloka``) holds out every patient with a sample of that
+    value, besides the ``holdout_fraction`` drawn from the other patients: a machine the run never sees, so
+    transfer to it can be measured honestly.
+    """
     items = [(d, i) for d, dataset in enumerate(datasets) for i in range(len(dataset))]
-    if holdout_fraction <= 0:
+    if holdout_fraction <= 0 and not holdout_group:
         return items, []
     keys = [patient_key(datasets[d], datasets[d].records[i]) for d, i in items]
-    patients = sorted(set(keys))
+    grouped: set[str] = set()
+    if holdout_group:
+        field, _, value = holdout_group.partition("=")
+        grouped = {key for (d, i), key in zip(items, keys) if domain_of(datasets[d].records[i], field.strip()) == value.strip()}
+        if not grouped:
+            raise FetalCLIPError(f"holdout_group {holdout_group!r}: no sample has {field.strip()} = {value.strip()!r}")
+    patients = sorted(set(keys) - grouped)
     rng = np.random.default_rng([seed, _SPLIT_STREAM])
     count = int(round(holdout_fraction * len(patients)))
-    held = {patients[j] for j in rng.permutation(len(patients))[:count]}
+    held = {patients[j] for j in rng.permutation(len(patients))[:count]} | grouped
     train = [item for item, key in zip(items, keys) if key not in held]
     holdout = [item for item, key in zip(items, keys) if key in held]
     if not train:
@@ -153,40 +166,13 @@ def enrich(sample: dict[str, Any]) -> dict[str, Any]:
     return sample
 
 
-def caption_of(sample: dict[str, Any], caption_fn: CaptionFn, rng: np.random.Generator) -> str:
-    return caption_sample(sample, rng, caption_fn)
+def caption_of(sample: dict[str, Any], caption_fn: CaptionFn, rng: np.random.Generator, own: bool = True) -> str:
+    return caption_sample(sample, rng, caption_fn, own)
 
 
 def view_of(sample_or_record: dict[str, Any]) -> str:
     """The view a template caption names (the retrieval target)."""
     return sample_view(sample_or_record)
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Mild, label-preserving pretraining augmentation, applied to the padded square before resizing."""
-
-    crop_scale: tuple[float, float] = (0.75, 1.0)
-    max_rotation_deg: float = 10.0
-    brightness: float = 0.2
-    contrast: float = 0.2
-
-    def source_side(self, size: int) -> int:
-        """Side of the square to augment from: the smallest crop still has ``size`` pixels, so none is upsampled."""
-        return int(np.ceil(size / np.sqrt(self.crop_scale[0])))
-
-    def __call__(self, square, rng: np.random.Generator, size: int, resample):
-        from PIL import ImageEnhance
-
-        side = square.size[0]
-        scale = rng.uniform(*self.crop_scale)
-        crop = max(1, int(round(side * np.sqrt(scale))))
-        left, top = (int(rng.integers(0, side - crop + 1)) for _ in range(2))
-        image = square.crop((left, top, left + crop, top + crop)).resize((size, size), resample)
-        angle = rng.uniform(-self.max_rotation_deg, self.max_rotation_deg)
-        image = image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=0)
-        image = ImageEnhance.Brightness(image).enhance(1.0 + rng.uniform(-self.brightness, self.brightness))
-        return ImageEnhance.Contrast(image).enhance(1.0 + rng.uniform(-self.contrast, self.contrast))
 
 
 class PairDataset(Dataset):
@@ -200,11 +186,16 @@ class PairDataset(Dataset):
         context_length: int,
         seed: int,
         caption_fn: CaptionFn = template_caption,
-        augmentation: Augmentation | None = None,
+        augmentation: Augmentation | UltrasoundAugmentation | None = None,
         weights: np.ndarray | None = None,
+        two_views: bool = False,
+        own_captions: bool = True,
+        augment_ramp: int = 0,
     ):
         if not items:
             raise FetalCLIPError("no training samples")
+        if two_views and augmentation is None:
+            raise FetalCLIPError("two augmented views of each image need an augmentation")
         self.datasets = list(datasets)
         self.items = list(items)
         self.preprocess = preprocess
@@ -213,6 +204,15 @@ class PairDataset(Dataset):
         self.caption_fn = caption_fn
         self.augmentation = augmentation
         self.weights = weights  # None: each epoch a permutation; else len(items) weighted draws per epoch
+        # Augmentation ramps in over the first ``augment_ramp`` positions: position p is augmented with probability
+        # p / augment_ramp (a function of the position alone, so resuming and world size change nothing).
+        self.augment_ramp = augment_ramp
+        self.own_captions = own_captions  # False: every caption from caption_fn, even where a sample has its own
+        self.two_views = two_views  # also return a second, independently augmented view (image-image objective)
+        # Each item's view as a number (same number = same view), for losses that treat same-view pairs as positives.
+        names = [view_of(self.datasets[d].records[i]) for d, i in self.items]
+        numbers = {name: k for k, name in enumerate(sorted(set(map(str, names))))}
+        self.view_numbers = {item: numbers[str(name)] for item, name in zip(self.items, names)}
         self._orders: dict[int, np.ndarray] = {}
         # Per sample seen before: the model-size image, or with augmentation the square it is augmented from
         # (uint8, ~150-200 kB at 224 px), and the sample's fields without pixels. Decoding and resizing a
@@ -243,7 +243,8 @@ class PairDataset(Dataset):
         d, i = self.item_at(position)
         return enrich(self.datasets[d][i])
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, ...]:
+        """(image ``[3,S,S]``, token ids ``[context]``, view number[, second augmented image])."""
         item = self.item_at(position)
         cached = self.cache.get(item) if self.cache is not None else None
         if cached is None:
@@ -254,14 +255,21 @@ class PairDataset(Dataset):
                 self.cache[item] = (pixels, sample)
         else:
             pixels, sample = cached
-        caption = caption_of(sample, self.caption_fn, np.random.default_rng([self.seed, _CAPTION_STREAM, int(position)]))
+        caption = caption_of(sample, self.caption_fn, np.random.default_rng([self.seed, _CAPTION_STREAM, int(position)]),
+                             self.own_captions)
+        out = (self._view(pixels, _AUGMENT_STREAM, position), tokenize(caption, self.context_length)[0],
+               torch.tensor(self.view_numbers[item]))
+        return out + (self._view(pixels, _SECOND_VIEW_STREAM, position),) if self.two_views else out
+
+    def _view(self, pixels: np.ndarray, stream: int, position: int) -> torch.Tensor:
         if self.augmentation is None:
-            image = pixels
-        else:
-            config = self.preprocess.config
-            rng = np.random.default_rng([self.seed, _AUGMENT_STREAM, int(position)])
-            image = self.augmentation(Image.fromarray(pixels), rng, config.image_size, self.preprocess._filter)
-        return self._normalise(image), tokenize(caption, self.context_length)[0]
+            return self._normalise(pixels)
+        config = self.preprocess.config
+        if position < self.augment_ramp and np.random.default_rng([self.seed, _RAMP_STREAM, stream, int(position)]).random() \
+                * self.augment_ramp > position:  # not yet: the plain model-size image (own stream: later draws unchanged)
+            return self._normalise(Image.fromarray(pixels).resize((config.image_size,) * 2, self.preprocess._filter))
+        rng = np.random.default_rng([self.seed, stream, int(position)])
+        return self._normalise(self.augmentation(Image.fromarray(pixels), rng, config.image_size, self.preprocess._filter))
 
     def _pixels(self, array: np.ndarray) -> np.ndarray:
         """What is cached per sample: the model input, or the square that augmentation crops from."""
@@ -343,6 +351,7 @@ def held_out_pairs(
     seed: int,
     caption_fn: Callable = template_caption,
     max_samples: int | None = None,
+    own_captions: bool = True,
 ) -> list[HeldOutPair]:
     """Held-out samples with one fixed caption each (for evaluation hooks); a seeded subset if too many."""
     chosen = list(items)
@@ -352,6 +361,6 @@ def held_out_pairs(
     pairs = []
     for n, (d, i) in enumerate(chosen):
         sample = enrich(datasets[d][i])
-        caption = caption_of(sample, caption_fn, np.random.default_rng([seed, _CAPTION_STREAM, 10**12 + n]))
+        caption = caption_of(sample, caption_fn, np.random.default_rng([seed, _CAPTION_STREAM, 10**12 + n]), own_captions)
         pairs.append(HeldOutPair(datasets[d], i, caption, view_of(sample)))
     return pairs

@@ -5,7 +5,8 @@ The loop passes the bare ``FetalCLIP`` model in eval mode under ``torch.no_grad`
 be plugged in without the loop knowing them. :class:`RetrievalHook` is the built-in one: image-text
 retrieval on held-out pairs. :class:`ZeroShotHook` runs the zero-shot tasks (planes, brain sub-planes,
 gestational age) on a dataset named in the recipe (``zeroshot_planes = "fpdb:DIR"``, ...) or on the run's own
-held-out patients (``zeroshot_planes = "holdout"``), without bootstrap intervals; ``eval_hooks =
+held-out patients (``zeroshot_planes = "holdout"``), without bootstrap intervals; ``transfer_planes =
+"fpdb:DIR"`` scores leave-one-machine-out transfer (:class:`TransferHook`); ``eval_hooks =
 ["module:factory"]`` adds any other hook, built as ``factory(config)``. The zero-shot code belongs to
 ``fetalclip.tasks`` and is imported only when such a hook is configured.
 
@@ -163,6 +164,31 @@ class ZeroShotHook:
         return log_names(self.task, evaluation.run(model, self.dataset, progress=False, n_bootstrap=0))
 
 
+class TransferHook:
+    """Leave-one-machine-out linear probe and zero-shot planes (``transfer/planes/...``, percent) on a dataset.
+
+    With the run's ``holdout_group`` (``us_machine=Aloka``) only that machine is held out: the one the run never
+    trained on, so the number is transfer to an unseen scanner; without it every machine is held out in turn.
+    """
+
+    def __init__(self, source: str, holdout_group: str | None = None, seed: int = 0):
+        from ..data.datasets import open_dataset
+
+        self.dataset = open_dataset(source)
+        self.seed = seed
+        self.options: dict[str, Any] = {"folds": 3, "epochs": 30}
+        if holdout_group:
+            field, _, value = holdout_group.partition("=")
+            self.options.update(group_by=field.strip(), held_out=[value.strip()])
+
+    def __call__(self, model, step: int) -> dict[str, float]:
+        from ..tasks.transfer_tasks import TransferPlanes
+
+        with torch.enable_grad():  # the loop evaluates under no_grad; the probe trains (embedding stays grad-free)
+            result = TransferPlanes(self.options).run(model, self.dataset, progress=False, seed=self.seed, n_bootstrap=0)
+        return {f"transfer/planes/{name}": float("nan") if m.value is None else float(m.value) for name, m in result.metrics.items()}
+
+
 def log_names(task: str, result) -> dict[str, float]:
     """A zero-shot ``TaskResult`` as the training log's flat ``zeroshot/<task>/...`` names (NaN: nothing measured)."""
     def value(v):
@@ -211,6 +237,8 @@ def configured_hooks(config, held_out: SampleDataset | None = None) -> list[Eval
             hooks.append(ZeroShotHook(task, held_out, config.eval_max_samples, config.seed))
         elif spec:
             hooks.append(ZeroShotHook(task, spec, config.eval_max_samples, config.seed))
+    if config.transfer_planes:
+        hooks.append(TransferHook(config.transfer_planes, config.holdout_group, config.seed))
     for reference in config.eval_hooks:
         hook = load_hook_factory(reference)(config)
         if not callable(hook):
@@ -220,4 +248,4 @@ def configured_hooks(config, held_out: SampleDataset | None = None) -> list[Eval
 
 
 def has_configured_hooks(config) -> bool:
-    return any(getattr(config, f"zeroshot_{task}") for task in ZEROSHOT_TASKS) or bool(config.eval_hooks)
+    return any(getattr(config, f"zeroshot_{task}") for task in ZEROSHOT_TASKS) or bool(config.eval_hooks or config.transfer_planes)

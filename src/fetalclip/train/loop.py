@@ -32,6 +32,7 @@ import torch
 
 from ..errors import FetalCLIPError
 from ..io import write_json_atomic
+from .augment import make_augmentation
 from .checkpointing import (
     UNREADABLE_SUFFIX,
     load_latest_checkpoint,
@@ -41,7 +42,6 @@ from .checkpointing import (
 )
 from .config import TrainConfig, trajectory_differences
 from .data import (
-    Augmentation,
     PairDataset,
     StepBatchSampler,
     held_out_dataset,
@@ -55,6 +55,7 @@ from .data import (
 from .distributed import DistContext, barrier, broadcast_object, gather_objects, init_distributed, mean_across, shutdown_distributed
 from .hooks import EvalHook, RetrievalHook, configured_hooks, has_configured_hooks
 from .modeling import adapt_for_training, build_model, save_trained_model
+from .objectives import make_objective
 from .optim import build_optimizer
 from .rundir import CONFIG_FILE, MODEL_DIR, SUMMARY_FILE, has_history, prepare_run_dir
 from .runlog import RunLog
@@ -84,20 +85,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
             return None  # bf16 autocast on CPU is usually slower than fp32 and changes numerics
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def _make_loss(config: TrainConfig, ctx: DistContext):
-    from open_clip.loss import ClipLoss, SigLipLoss
-
-    if config.loss == "siglip":
-        return SigLipLoss(rank=ctx.rank, world_size=ctx.world_size)
-    return ClipLoss(
-        local_loss=config.local_loss,
-        gather_with_grad=config.gather_with_grad,
-        cache_labels=True,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-    )
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -159,7 +146,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hook
 
     # Data first: a wrong path should fail before minutes of model building.
     sources = open_sources(config.data, config.clean)
-    train_items, holdout_items = split_by_patient(sources, config.holdout_fraction, config.seed)
+    train_items, holdout_items = split_by_patient(sources, config.holdout_fraction, config.seed, config.holdout_group)
     caption_fn = resolve_caption_fn(config.caption_fn)
     # Configured evaluations open their datasets now, so a wrong path fails before the model is built.
     config_hooks = configured_hooks(config, held_out_dataset(sources, holdout_items)) if ctx.is_main else []
@@ -196,12 +183,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hook
     trained = clip
     if ctx.distributed:
         trained = torch.nn.parallel.DistributedDataParallel(clip, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = _make_loss(config, ctx)
+    loss_fn = make_objective(config, ctx.rank, ctx.world_size)
 
     # -- data -----------------------------------------------------------------------------------------------
     dataset = PairDataset(
         sources, train_items, model.preprocess, model.context_length, config.seed, caption_fn,
-        Augmentation() if config.augment else None, view_balance_weights(sources, train_items, config.balance_views),
+        make_augmentation(config.augment), view_balance_weights(sources, train_items, config.balance_views),
+        two_views=loss_fn.needs_second_image, own_captions=config.own_captions,
+        augment_ramp=config.augment_ramp_steps * config.batch_size,
     )
     if config.cache_images:
         dataset.enable_cache()
@@ -212,7 +201,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hook
     evaluating = bool(hooks) or builtin or has_configured_hooks(config)
     hooks = config_hooks + hooks
     if ctx.is_main and builtin:
-        hooks = [RetrievalHook(held_out_pairs(sources, holdout_items, config.seed, caption_fn, config.eval_max_samples))] + hooks
+        hooks = [RetrievalHook(held_out_pairs(sources, holdout_items, config.seed, caption_fn, config.eval_max_samples,
+                                                config.own_captions))] + hooks
 
     # -- run folder -----------------------------------------------------------------------------------------
     runlog = None
@@ -237,7 +227,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hook
             set_lr(optimizer, lr)
             micro = [next(batches) for _ in range(config.accum_steps)]
             data_s = time.perf_counter() - step_start
-            micro = [(images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)) for images, tokens in micro]
+            micro = [tuple(t.to(device, non_blocking=True) for t in batch) for batch in micro]
             loss = _optimizer_step(trained, clip, micro, loss_fn, optimizer, scaler, autocast_dtype, config.grad_clip, ctx)
             with torch.no_grad():
                 clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
@@ -306,25 +296,32 @@ def _optimizer_step(trained, clip, micro, loss_fn, optimizer, scaler, autocast_d
     def backward(loss):
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
+    def forward(batch):
+        # (images, tokens, views[, second augmented images]): both image views go through one forward pass.
+        images, tokens, views, *second = batch
+        out = dict(trained(torch.cat([images, *second]) if second else images, tokens))
+        if second:
+            out["image2_features"] = out["image_features"][len(tokens):]
+            out["image_features"] = out["image_features"][:len(tokens)]
+        out["views"] = views
+        return out
+
     if len(micro) == 1:
-        images, tokens = micro[0]
         with _autocast(device, autocast_dtype):
-            out = trained(images, tokens)
-            loss = loss_fn(**out)
+            loss = loss_fn(**forward(micro[0]))
         backward(loss)
     else:
         with torch.no_grad(), _autocast(device, autocast_dtype):
-            cached = [trained(images, tokens) for images, tokens in micro]
-        for j, (images, tokens) in enumerate(micro):
+            cached = [forward(batch) for batch in micro]
+        batched = [key for key in ("image_features", "text_features", "image2_features", "views") if key in cached[0]]
+        for j, batch in enumerate(micro):
             # DDP all-reduces gradients on the last micro-batch only.
             sync = contextlib.nullcontext() if (j == len(micro) - 1 or not ctx.distributed) else trained.no_sync()
             with sync:
                 with _autocast(device, autocast_dtype):
-                    out = trained(images, tokens)
-                    features = {
-                        key: torch.cat([c[key] for c in cached[:j]] + [out[key]] + [c[key] for c in cached[j + 1:]])
-                        for key in ("image_features", "text_features")
-                    }
+                    out = forward(batch)
+                    features = {key: torch.cat([c[key] for c in cached[:j]] + [out[key]] + [c[key] for c in cached[j + 1:]])
+                                for key in batched}
                     extras = {key: out[key] for key in ("logit_scale", "logit_bias") if key in out}
                     loss = loss_fn(**features, **extras)
                 backward(loss)
