@@ -136,3 +136,13 @@ def test_ga_run_and_redecoded_score_map_agree(tmp_path, tiny_model, hc18_dir):
     expected = {name: m.to_dict() for name, m in direct.metrics.items()}
     assert first["metrics"] == second["metrics"] == expected
     assert [r["pred_ga_days"] for r in second["rows"]] == [r["pred_ga_days"] for r in direct.rows]
+
+
+def test_whole_number_options_share_one_check_and_one_message():
+    from fetalclip.tasks.probe_tasks import FewShotPlanes
+    from fetalclip.tasks.zeroshot_tasks import ZeroShotGA, ZeroShotPlanes
+
+    for task, option in ((ZeroShotPlanes, "batch_size"), (ZeroShotGA, "top_k"), (FewShotPlanes, "support_sets")):
+        for bad in (0, -2):
+            with pytest.raises(FetalCLIPError, match=rf"^task {task.name}: option {option} = {bad!r} must be a whole number >= 1$"):
+                task({option: bad})

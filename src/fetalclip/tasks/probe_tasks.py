@@ -156,8 +156,7 @@ class FewShotOptions(_RecipeOptions):
         super().check()
         if not self.sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.sizes):
             raise FetalCLIPError(f"task {self.TASK}: option sizes = {list(self.sizes)!r} must be whole numbers >= 1")
-        if isinstance(self.support_sets, bool) or self.support_sets < 1:
-            raise FetalCLIPError(f"task {self.TASK}: option support_sets = {self.support_sets!r} must be a whole number >= 1")
+        self.require_whole("support_sets")
 
 
 class FewShotPlanes(Task):
@@ -212,8 +211,7 @@ class ClipProbeOptions(_RecipeOptions):
 
     def check(self) -> None:
         super().check()
-        if self.frames < 1:
-            raise FetalCLIPError(f"task {self.TASK}: option frames = {self.frames!r} must be a whole number >= 1")
+        self.require_whole("frames")
         if self.folds < 2:
             raise FetalCLIPError(f"task {self.TASK}: option folds = {self.folds!r} must be >= 2 (each fold is held out once)")
 

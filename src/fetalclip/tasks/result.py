@@ -173,6 +173,13 @@ class TaskOptions:
     def check(self) -> None:
         """Constraints beyond the types; the default has none."""
 
+    def require_whole(self, *names: str, low: int = 1) -> None:
+        """Each named option is a whole number >= ``low`` (the one-line error names the task and the option)."""
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise FetalCLIPError(f"task {self.TASK}: option {name} = {value!r} must be a whole number >= {low}")
+
     @classmethod
     def cpu(cls) -> "TaskOptions":
         return cls()

@@ -59,9 +59,7 @@ class SegmentOptions(TaskOptions):
             fail("size", "must be a positive multiple of 16")
         if len(self.channels) != 5 or any(int(c) <= 0 for c in self.channels):
             fail("channels", "must be five positive widths (deep -> image)")
-        for name in ("epochs", "batch_size", "folds", "runs"):
-            if getattr(self, name) < 1:
-                fail(name, "must be at least 1")
+        self.require_whole("epochs", "batch_size", "folds", "runs")
         if self.lr <= 0:
             fail("lr", "must be positive")
         if self.patience is not None and self.patience < 1:

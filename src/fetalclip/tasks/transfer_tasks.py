@@ -42,8 +42,7 @@ class TransferOptions(LinearProbeOptions):
 
     def check(self) -> None:
         super().check()
-        if isinstance(self.min_images, bool) or self.min_images < 1:
-            raise FetalCLIPError(f"task {self.TASK}: option min_images = {self.min_images!r} must be a whole number >= 1")
+        self.require_whole("min_images")
 
 
 def _key(name: str) -> str:

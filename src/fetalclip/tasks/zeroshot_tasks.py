@@ -32,8 +32,7 @@ class ZeroShotOptions(TaskOptions):
     skip_bad: bool = False  # list unreadable images instead of stopping
 
     def check(self) -> None:
-        if self.batch_size < 1:
-            raise FetalCLIPError(f"task {self.TASK}: batch_size must be >= 1, got {self.batch_size}")
+        self.require_whole("batch_size")
 
 
 @dataclass(frozen=True)
@@ -116,8 +115,7 @@ class ZeroShotGAOptions(TaskOptions):
     skip_bad: bool = False
 
     def check(self) -> None:
-        if self.top_k < 1 or self.batch_size < 1:
-            raise FetalCLIPError(f"task {self.TASK}: top_k and batch_size must be >= 1, got {self.top_k}, {self.batch_size}")
+        self.require_whole("top_k", "batch_size")
 
 
 NO_SPACING = "no pixel spacing"
