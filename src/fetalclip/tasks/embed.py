@@ -197,18 +197,31 @@ def embed_parts(
     paths = [Path(p) for p in paths]
     folder = Path(folder)
     claim_parts_folder(folder, run_record(model, paths, chunk_size, batch_size, mode, normalize))
-    computed = []
-    for positions in chunks_of(len(paths), chunk_size, rank, world_size):
-        chunk = positions.start // chunk_size
-        target = folder / part_name(chunk)
-        if target.is_file():
-            continue
+
+    def write(target: Path, positions: range) -> None:
         result = embed_files(model, paths[positions.start : positions.stop], batch_size=batch_size, skip_bad=skip_bad,
                              normalize=normalize, progress=progress, num_threads=num_threads, mode=mode)
         save_npz_atomic(target, embeddings=result.embeddings, sources=np.array(result.sources, dtype=str),
                         skipped=np.array([p for p, _ in result.skipped], dtype=str),
                         reasons=np.array([r for _, r in result.skipped], dtype=str))
-        computed.append(chunk)
+
+    return write_missing_parts(folder, len(paths), chunk_size, rank, world_size, part_name, write)
+
+
+def write_missing_parts(folder: Path, count: int, chunk_size: int, rank: int, world_size: int,
+                        name: Callable[[int], str], write: Callable[[Path, range], None]) -> list[int]:
+    """``write(target, positions)`` for this rank's chunks whose part is not in ``folder`` yet; the chunks written.
+
+    The one resume loop of every parts folder (embed's npz, predict's JSON): a part on disk is complete (each is
+    written atomically), so it is skipped.
+    """
+    computed = []
+    for positions in chunks_of(count, chunk_size, rank, world_size):
+        chunk = positions.start // chunk_size
+        target = folder / name(chunk)
+        if not target.is_file():
+            write(target, positions)
+            computed.append(chunk)
     return computed
 
 

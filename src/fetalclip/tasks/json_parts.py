@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .embed import INDEX_FILE, chunks_of, claim_parts_folder, complete_chunks
+from .embed import INDEX_FILE, claim_parts_folder, complete_chunks, write_missing_parts
 
 
 def json_part_name(chunk: int) -> str:
@@ -29,15 +29,8 @@ def run_json_parts(items: Sequence[Any], folder: str | os.PathLike, compute: Cal
 
     folder = Path(folder)
     claim_parts_folder(folder, {**record, "chunk_size": chunk_size, "items": len(items)})
-    computed = []
-    for positions in chunks_of(len(items), chunk_size, rank, world_size):
-        chunk = positions.start // chunk_size
-        target = folder / json_part_name(chunk)
-        if target.is_file():
-            continue
-        write_json_atomic(target, dict(compute(items[positions.start : positions.stop])))
-        computed.append(chunk)
-    return computed
+    return write_missing_parts(folder, len(items), chunk_size, rank, world_size, json_part_name,
+                               lambda target, positions: write_json_atomic(target, dict(compute(items[positions.start : positions.stop]))))
 
 
 def iter_json_parts(folder: str | os.PathLike) -> Iterator[dict[str, list]]:
