@@ -75,10 +75,6 @@ class Objective(torch.nn.Module):
         self.rank, self.world_size = rank, world_size
 
     @property
-    def needs_views(self) -> bool:
-        return self.view_positives
-
-    @property
     def needs_second_image(self) -> bool:
         return self.image_image_weight > 0
 
