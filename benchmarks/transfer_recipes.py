@@ -26,7 +26,9 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +70,7 @@ def held_out_hc18(config: dict):
     return held_out_dataset(sources, [(d, i) for d, i in held if d in hc18]) if hc18 else None
 
 
-def evaluate(model, fpdb, hc18_heads, machine: str, seed: int, n_bootstrap: int) -> dict[str, str]:
+def evaluate(model, fpdb, hc18_heads, machine: str, seed: int, n_bootstrap: int, cache_root: Path) -> dict[str, str]:
     from sklearn.linear_model import LogisticRegression
 
     from fetalclip.data.sample import domain_of
@@ -76,7 +78,7 @@ def evaluate(model, fpdb, hc18_heads, machine: str, seed: int, n_bootstrap: int)
     from fetalclip.tasks.transfer_tasks import TransferPlanes
     from fetalclip.tasks.zeroshot_tasks import ZeroShotPlanes
 
-    cache = FeatureCache(model, None)
+    cache = FeatureCache(model, cache_root)  # on disk: each image is encoded once for all the columns below
     row: dict[str, str] = {}
     for tag, classes in (("6", ()), ("4", FOUR)):
         result = TransferPlanes({"group_by": "us_machine", "held_out": [machine], "classes": list(classes)}).run(
@@ -120,26 +122,28 @@ def main() -> None:
 
     data_root = Path(os.environ.get("FETALCLIP_DATA", REPO.parent / "shared" / "data"))
     fpdb = open_dataset(f"fpdb:{data_root / 'fetal_planes_db'}")
+    cache_root = Path(tempfile.mkdtemp(prefix="transfer-recipes-"))  # features are keyed by the weights' fingerprint
     rows = []
     configs = {run: json.loads((Path(run) / "config.json").read_text()) for run in args.run}
     for run, config in configs.items():
         machine = args.machine or (config.get("holdout_group") or "us_machine=Aloka").partition("=")[2]
         heads = held_out_hc18(config)
         model = fetalclip.load(str(Path(run) / "model"))
-        rows.append((Path(run).name, evaluate(model, fpdb, heads, machine, args.seed, args.bootstrap)))
+        rows.append((Path(run).name, evaluate(model, fpdb, heads, machine, args.seed, args.bootstrap, cache_root)))
         print(f"{rows[-1][0]}: {rows[-1][1]}", file=sys.stderr, flush=True)
     if args.random and configs:
         run, config = next(iter(configs.items()))
         machine = args.machine or (config.get("holdout_group") or "us_machine=Aloka").partition("=")[2]
         model = _random(config["model"], config["seed"])
         rows.append((f"{config['model']} (random weights)",
-                     evaluate(model, fpdb, held_out_hc18(config), machine, args.seed, args.bootstrap)))
+                     evaluate(model, fpdb, held_out_hc18(config), machine, args.seed, args.bootstrap, cache_root)))
     columns = [("probe6", "LP F1, 6 planes"), ("probe4", "LP F1, 4 planes"), ("lr4", "LR F1, 4 planes"), ("zs6", "ZS F1, 6 planes"),
                ("zs4", "ZS F1, 4 planes"), ("hc18_probe", "HC18 heads: LP says brain %"), ("hc18_zs", "HC18 heads: ZS says brain %")]
     print("| run | " + " | ".join(title for _, title in columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for name, row in rows:
         print(f"| {name} | " + " | ".join(row.get(key, "-") for key, _ in columns) + " |")
+    shutil.rmtree(cache_root, ignore_errors=True)
 
 
 def _random(name: str, seed: int):
