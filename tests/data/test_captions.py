@@ -7,12 +7,16 @@ import pytest
 
 from fetalclip.data.captions import (
     VIEW_PHRASES,
+    absent_views,
     caption_ga_days,
     caption_sample,
     format_ga,
     load_caption_fn,
+    plain_caption,
     template_caption,
+    view_caption,
     view_key,
+    view_lineage,
     view_phrases,
 )
 from fetalclip.data.labels import known_labels
@@ -88,3 +92,26 @@ def test_hook_and_existing_captions():
     for bad in ("nocolon", "not_a_module_xyz:f", "fetalclip.data.captions:nothing_here"):
         with pytest.raises(FetalCLIPError, match="caption function"):
             load_caption_fn(bad)
+
+
+def test_absent_views_leave_out_what_the_data_shows_and_its_relatives():
+    present = ["trans-thalamic", "abdomen", "four_chamber", "femur", "cervix", "other"]
+    absent = set(absent_views(present))
+    # Unrelated anatomy is absent; what the data shows, its parents and its sub-views are not.
+    assert {"profile", "spine", "kidney", "lips_nose", "foot"} <= absent
+    assert not absent & {"trans-thalamic", "brain", "abdomen", "four_chamber", "thorax", "femur", "lower_limb", "limbs",
+                         "cervix", "other"}
+    assert "trans-cerebellum" in absent  # a sibling sub-plane is another view
+    assert {"lvot", "rvot"} <= absent
+    assert view_lineage("foot") == ("foot", "lower_limb", "limbs")
+    # Brain images keep every brain sub-plane out of the negatives (each is a brain image too).
+    assert not set(absent_views(["brain"])) & {"trans-thalamic", "trans-cerebellum", "trans-ventricular"}
+    assert set(absent_views([])) == set(VIEW_PHRASES) - {"other"}
+
+
+def test_a_view_caption_is_the_plain_caption_of_a_sample_with_that_view():
+    for view in ("profile", "trans-cerebellum", "made_up_view"):
+        a, b = np.random.default_rng(5), np.random.default_rng(5)
+        assert view_caption(view, a) == plain_caption({"view": view}, b)
+    texts = {view_caption("spine", np.random.default_rng(k)) for k in range(40)}
+    assert len(texts) > 5 and all("spine" in t or "vertebra" in t for t in texts)

@@ -1,4 +1,4 @@
-"""Same-view positives and the image-image term (train.objectives), alone and inside the training loop."""
+"""Same-view positives, the image-image term and absent-view negatives (train.objectives), alone and in the loop."""
 
 import json
 import subprocess
@@ -11,7 +11,8 @@ from open_clip.loss import ClipLoss
 
 from fetalclip.errors import FetalCLIPError
 from fetalclip.train import train
-from fetalclip.train.objectives import nt_xent, view_positive_clip_loss
+from fetalclip.train.negatives import AbsentViewCaptions
+from fetalclip.train.objectives import nt_xent, own_pair_targets, targeted_clip_loss, view_positive_clip_loss
 
 from .conftest import small_config
 from .test_loop import _command, _env, losses
@@ -65,10 +66,11 @@ def test_recipes_that_cannot_work_are_refused(pairs_spec):
 
 
 @pytest.mark.slow
-def test_two_processes_gather_views_and_twins_like_one(tmp_path, pairs_spec):
-    extra = ["--set", "augment=ultrasound", "--set", "view_positives=true", "--set", "image_image_weight=0.5"]
-    single = train(small_config([pairs_spec], steps=2, augment="ultrasound", view_positives=True, image_image_weight=0.5),
-                   tmp_path / "single")
+def test_two_processes_gather_views_twins_and_negatives_like_one(tmp_path, pairs_spec):
+    extra = ["--set", "augment=ultrasound", "--set", "view_positives=true", "--set", "image_image_weight=0.5",
+             "--set", "absent_view_negatives=true"]
+    single = train(small_config([pairs_spec], steps=2, augment="ultrasound", view_positives=True, image_image_weight=0.5,
+                                absent_view_negatives=True), tmp_path / "single")
     run = tmp_path / "ddp"
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -78,3 +80,42 @@ def test_two_processes_gather_views_and_twins_like_one(tmp_path, pairs_spec):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((run / "summary.json").read_text())["world_size"] == 2
     assert losses(run) == pytest.approx(single.losses, rel=1e-4)
+
+
+def test_absent_view_negatives_are_columns_no_image_may_pick():
+    image, text, scale = _features()
+    own = own_pair_targets(6, 0, 1, image.device)
+    assert targeted_clip_loss(image, text, scale, own) == pytest.approx(float(ClipLoss()(image, text, scale)), rel=1e-6)
+    # A negative that looks like an image's own caption costs more than one unlike every image.
+    close = text[:1].clone().requires_grad_(True)
+    far = -image.mean(0, keepdim=True)
+    far = F.normalize(far, dim=-1).requires_grad_(True)
+    with_close = targeted_clip_loss(image, text, scale, own, close)
+    assert with_close > targeted_clip_loss(image, text, scale, own, far) > float(ClipLoss()(image, text, scale))
+    with_close.backward()
+    assert float(close.grad.abs().sum()) > 0  # the text tower is taught to move it away
+    # Only the image-to-text direction sees them: the text-to-image half is plain CLIP's.
+    per_text = F.cross_entropy(scale * text @ image.T, torch.arange(6))
+    per_image = F.cross_entropy(scale * image @ torch.cat([text, close.detach()]).T, torch.arange(6))
+    assert float(with_close.detach()) == pytest.approx(float(per_image + per_text) / 2, rel=1e-6)
+
+
+def test_the_loop_adds_absent_view_negatives_and_accumulation_keeps_the_losses(tmp_path, pairs_spec, caplog):
+    settings = {"absent_view_negatives": True, "caption_fn": "plain", "steps": 3}
+    with caplog.at_level("INFO", logger="fetalclip"):
+        full = train(small_config([pairs_spec], **settings), tmp_path / "full")
+    assert "absent-view negatives: spine, kidney" in caplog.text  # the pairs show brain, abdomen, femur, thorax
+    accumulated = train(small_config([pairs_spec], accum_steps=2, **settings), tmp_path / "accum")
+    assert accumulated.losses == pytest.approx(full.losses, rel=1e-4)
+    plain = train(small_config([pairs_spec], steps=3, caption_fn="plain"), tmp_path / "plain")
+    assert full.losses[0] > plain.losses[0]  # more columns to lose probability to
+    with pytest.raises(FetalCLIPError, match="absent_view_negatives adds columns to the clip loss"):
+        small_config([pairs_spec], absent_view_negatives=True, loss="siglip")
+
+
+def test_absent_view_captions_are_seeded_by_step():
+    negatives = AbsentViewCaptions(["brain", "abdomen"], 32, seed=0)
+    assert "profile" in negatives.views and "brain" not in negatives.views
+    assert negatives.captions(3) == AbsentViewCaptions(["abdomen", "brain"], 32, seed=0).captions(3)
+    assert negatives.captions(3) != negatives.captions(4)
+    assert negatives.tokens(3).shape == (len(negatives), 32)

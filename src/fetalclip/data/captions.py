@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -75,6 +75,16 @@ VIEW_PHRASES: dict[str, tuple[str, ...]] = {
     "umbilical_cord": ("umbilical cord", "fetal umbilical cord vessels", "umbilical cord in cross-section"),
     "other": ("fetal anatomy", "fetus", "fetal structures"),
 }
+
+# Views inside another (a brain sub-plane inside the head, a cardiac view inside the thorax, a femur inside the
+# leg): a view is never a negative for its ancestors or descendants (``absent_views``).
+VIEW_PARENTS: dict[str, str] = {
+    "trans-thalamic": "brain", "trans-cerebellum": "brain", "trans-ventricular": "brain",
+    "four_chamber": "thorax", "lvot": "thorax", "rvot": "thorax", "three_vessel": "thorax",
+    "three_vessel_trachea": "thorax", "femur": "lower_limb", "foot": "lower_limb", "humerus": "upper_limb",
+    "hand": "upper_limb", "upper_limb": "limbs", "lower_limb": "limbs",
+}
+
 
 # Other names for the keys above (compared after lowercasing and turning spaces/hyphens into '_').
 _VIEW_ALIASES: dict[str, str] = {
@@ -224,9 +234,32 @@ def plain_caption(sample: dict[str, Any], rng: np.random.Generator) -> str:
     does not) let the towers pair "a caption with numbers" with "an image that looks like that source", and
     the prompts, which carry no numbers, then point away from that source's images.
     """
-    phrases = view_phrases(sample)
-    view = phrases[int(rng.integers(len(phrases)))]
-    return TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(view=view, ga="", spacing="")
+    return view_caption(sample_view(sample), rng)
+
+
+def view_lineage(view: str) -> tuple[str, ...]:
+    """The view and its ancestors in ``VIEW_PARENTS``, most specific first (``femur`` -> femur, lower_limb, limbs)."""
+    chain = [view]
+    while chain[-1] in VIEW_PARENTS:
+        chain.append(VIEW_PARENTS[chain[-1]])
+    return tuple(chain)
+
+
+def absent_views(present: Iterable[str]) -> tuple[str, ...]:
+    """The known views a training set never shows: neither one of ``present`` nor an ancestor or descendant of one.
+
+    ``other`` is never absent (it names no anatomy). Unknown names in ``present`` relate to nothing.
+    """
+    lineages = [view_lineage(view) for view in present]
+    return tuple(key for key in VIEW_PHRASES if key != "other"
+                 and not any(key in lineage or lineage[0] in view_lineage(key) for lineage in lineages))
+
+
+def view_caption(view: str, rng: np.random.Generator) -> str:
+    """A plain caption of a named view (``plain_caption`` without a sample): one phrasing in one sentence frame."""
+    phrases = VIEW_PHRASES.get(view) or (view.replace("_", " "),)
+    phrase = phrases[int(rng.integers(len(phrases)))]
+    return TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(view=phrase, ga="", spacing="")
 
 
 def caption_sample(sample: dict[str, Any], rng: np.random.Generator, caption_fn: CaptionFn | None = None,

@@ -77,6 +77,7 @@ class TrainConfig:
     loss: str = "clip"
     view_positives: bool = False  # CLIP loss with every same-view pair a positive (train.objectives)
     image_image_weight: float = 0.0  # > 0: add SimCLR's image-image loss between two augmented views, this weight
+    absent_view_negatives: bool = False  # captions of views the data never shows as extra negatives (train.negatives)
     local_loss: bool = True
     gather_with_grad: bool = True
     # -- run -----------------------------------------------------------------------------------------------
@@ -128,6 +129,8 @@ class TrainConfig:
             problems.append("image_image_weight > 0 compares two augmented views of an image: set augment (mild or ultrasound)")
         if self.view_positives and self.loss != "clip":
             problems.append("view_positives is a form of the clip loss; use loss = \"clip\"")
+        if self.absent_view_negatives and self.loss != "clip":
+            problems.append("absent_view_negatives adds columns to the clip loss; use loss = \"clip\"")
         if not 0.0 <= self.balance_views <= 1.0:
             problems.append("balance_views must be in [0, 1]")
         for task in ZEROSHOT_TASKS:
@@ -306,7 +309,7 @@ TRAJECTORY_KEYS = (
     "lora_train_extra", "data", "holdout_fraction", "holdout_group", "clean", "caption_fn", "own_captions", "balance_views",
     "augment", "augment_ramp_steps",
     "batch_size", "accum_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
-    "loss", "view_positives", "image_image_weight", "seed",
+    "loss", "view_positives", "image_image_weight", "absent_view_negatives", "seed",
 )
 
 

@@ -212,6 +212,7 @@ class PairDataset(Dataset):
         # Each item's view as a number (same number = same view), for losses that treat same-view pairs as positives.
         names = [view_of(self.datasets[d].records[i]) for d, i in self.items]
         numbers = {name: k for k, name in enumerate(sorted(set(map(str, names))))}
+        self.views = tuple(numbers)  # the views the training items show, by view number
         self.view_numbers = {item: numbers[str(name)] for item, name in zip(self.items, names)}
         self._orders: dict[int, np.ndarray] = {}
         # Per sample seen before: the model-size image, or with augmentation the square it is augmented from

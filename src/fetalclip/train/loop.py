@@ -55,6 +55,7 @@ from .data import (
 from .distributed import DistContext, barrier, broadcast_object, gather_objects, init_distributed, mean_across, shutdown_distributed
 from .hooks import EvalHook, RetrievalHook, configured_hooks, has_configured_hooks
 from .modeling import adapt_for_training, build_model, save_trained_model
+from .negatives import AbsentViewCaptions
 from .objectives import make_objective
 from .optim import build_optimizer
 from .rundir import CONFIG_FILE, MODEL_DIR, SUMMARY_FILE, has_history, prepare_run_dir
@@ -194,6 +195,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hook
     )
     if config.cache_images:
         dataset.enable_cache()
+    negatives = AbsentViewCaptions(dataset.views, model.context_length, config.seed) if config.absent_view_negatives else None
+    if negatives is not None and ctx.is_main:
+        log.info("absent-view negatives: %s", ", ".join(negatives.views) or "none (the data shows every known view)")
     sampler = StepBatchSampler(micro_batch, config.accum_steps, ctx.rank, ctx.world_size, start_step, config.steps)
     loader = make_loader(dataset, sampler, config.workers, device)
     builtin = builtin_hooks and len(holdout_items) >= 2
@@ -228,7 +232,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hook
             micro = [next(batches) for _ in range(config.accum_steps)]
             data_s = time.perf_counter() - step_start
             micro = [tuple(t.to(device, non_blocking=True) for t in batch) for batch in micro]
-            loss = _optimizer_step(trained, clip, micro, loss_fn, optimizer, scaler, autocast_dtype, config.grad_clip, ctx)
+            negative_tokens = negatives.tokens(step).to(device) if negatives else None
+            loss = _optimizer_step(trained, clip, micro, loss_fn, optimizer, scaler, autocast_dtype, config.grad_clip, ctx,
+                                   negative_tokens)
             with torch.no_grad():
                 clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             loss_value = float(mean_across(ctx, loss))
@@ -288,8 +294,12 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _optimizer_step(trained, clip, micro, loss_fn, optimizer, scaler, autocast_dtype, grad_clip, ctx) -> torch.Tensor:
-    """One optimiser step over the micro-batches; returns the (local) loss of the full batch."""
+def _optimizer_step(trained, clip, micro, loss_fn, optimizer, scaler, autocast_dtype, grad_clip, ctx,
+                    negative_tokens=None) -> torch.Tensor:
+    """One optimiser step over the micro-batches; returns the (local) loss of the full batch.
+
+    ``negative_tokens``: text-only negatives, encoded in the same forward call as the batch's captions.
+    """
     device = ctx.device
     optimizer.zero_grad(set_to_none=True)
 
@@ -299,7 +309,11 @@ def _optimizer_step(trained, clip, micro, loss_fn, optimizer, scaler, autocast_d
     def forward(batch):
         # (images, tokens, views[, second augmented images]): both image views go through one forward pass.
         images, tokens, views, *second = batch
-        out = dict(trained(torch.cat([images, *second]) if second else images, tokens))
+        texts = tokens if negative_tokens is None else torch.cat([tokens, negative_tokens])
+        out = dict(trained(torch.cat([images, *second]) if second else images, texts))
+        if negative_tokens is not None:
+            out["negative_text_features"] = out["text_features"][len(tokens):]
+            out["text_features"] = out["text_features"][:len(tokens)]
         if second:
             out["image2_features"] = out["image_features"][len(tokens):]
             out["image_features"] = out["image_features"][:len(tokens)]
@@ -323,6 +337,8 @@ def _optimizer_step(trained, clip, micro, loss_fn, optimizer, scaler, autocast_d
                     features = {key: torch.cat([c[key] for c in cached[:j]] + [out[key]] + [c[key] for c in cached[j + 1:]])
                                 for key in batched}
                     extras = {key: out[key] for key in ("logit_scale", "logit_bias") if key in out}
+                    if negative_tokens is not None:  # their gradient once per step, not once per micro-batch
+                        extras["negative_text_features"] = (out if j == 0 else cached[0])["negative_text_features"]
                     loss = loss_fn(**features, **extras)
                 backward(loss)
 
