@@ -68,7 +68,7 @@ def test_a_task_takes_its_options_class_or_a_mapping_only():
         name = "toy"
         Options = _Options
 
-        def run(self, model, dataset, cache=None, progress=True, *, seed=0, n_bootstrap=10_000, workdir=None):
+        def run(self, model, dataset, cache=None, progress=True, *, seed=0, n_bootstrap=10_000, workdir=None, data_digest=None):
             return TaskResult(self.name)
 
     assert Toy().options == _Options.cpu() and Toy.published().options.runs == 5 and Toy({"runs": 2}).options.runs == 2

@@ -100,9 +100,9 @@ class TaskSpec:
 
     def _run_task(self, model, dataset, context: TaskContext) -> TaskOutput:
         task = self.task(self.task.Options.cpu().updated(context.options.get(self.options_key)))
-        kwargs = {"data_digest": context.data_sha256} if getattr(self.task, "takes_data_digest", False) else {}
         result = task.run(model, dataset, cache=feature_cache(model, context), progress=context.progress,
-                          seed=context.seed, n_bootstrap=context.n_bootstrap, workdir=Path(context.cache_dir), **kwargs)
+                          seed=context.seed, n_bootstrap=context.n_bootstrap, workdir=Path(context.cache_dir),
+                          data_digest=context.data_sha256)
         if "not_measured" in result.details:  # a table cell needs its primary metric: nothing measured is a skip
             raise TaskUnavailable(f"{self.name}: {dataset.name}: {result.details['not_measured']}")
         return result.to_dict(rows=False)

@@ -85,7 +85,7 @@ class EmbeddingMap(Task):
     Options = EmbeddingMapOptions
 
     def run(self, model, dataset, cache=None, progress: bool = True, *, seed: int = 0, n_bootstrap: int = 10_000,
-            workdir: Path | None = None) -> TaskResult:
+            workdir: Path | None = None, data_digest: str | None = None) -> TaskResult:
         from .dataset_features import embed_dataset
 
         labels = dataset.column("label")
@@ -148,7 +148,7 @@ class CAMs(Task):
     Options = CAMOptions
 
     def run(self, model, dataset, cache=None, progress: bool = True, *, seed: int = 0, n_bootstrap: int = 10_000,
-            workdir: Path | None = None) -> TaskResult:
+            workdir: Path | None = None, data_digest: str | None = None) -> TaskResult:
         from .explain import class_embeddings, compute_cams
 
         labels = dataset.column("label")

@@ -98,7 +98,7 @@ class _LinearProbe(Task):
     exclude: ClassVar[tuple[str, ...]] = ()
 
     def run(self, model, dataset, cache=None, progress: bool = True, *, seed: int = 0, n_bootstrap: int = 10_000,
-            workdir: Path | None = None) -> TaskResult:
+            workdir: Path | None = None, data_digest: str | None = None) -> TaskResult:
         from .probe import linear_probe
 
         options = self.options
@@ -166,7 +166,7 @@ class FewShotPlanes(Task):
     Options = FewShotOptions
 
     def run(self, model, dataset, cache=None, progress: bool = True, *, seed: int = 0, n_bootstrap: int = 10_000,
-            workdir: Path | None = None) -> TaskResult:
+            workdir: Path | None = None, data_digest: str | None = None) -> TaskResult:
         from .probe_fewshot import fewshot_curve
 
         options = self.options
@@ -223,7 +223,7 @@ class ClipProbe(Task):
     Options = ClipProbeOptions
 
     def run(self, model, dataset, cache=None, progress: bool = True, *, seed: int = 0, n_bootstrap: int = 10_000,
-            workdir: Path | None = None) -> TaskResult:
+            workdir: Path | None = None, data_digest: str | None = None) -> TaskResult:
         from .probe_clips import clip_features, clip_probe
 
         options = self.options

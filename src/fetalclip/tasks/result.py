@@ -233,13 +233,14 @@ class Task(ABC):
 
     @abstractmethod
     def run(self, model, dataset, cache=None, progress: bool = True, *, seed: int = 0, n_bootstrap: int = 10_000,
-            workdir: Path | None = None) -> TaskResult:
+            workdir: Path | None = None, data_digest: str | None = None) -> TaskResult:
         """Evaluate ``model`` on ``dataset``.
 
         ``cache``: a ``FeatureCache`` of this model (image features are encoded once across tasks and reruns);
         ``None`` encodes directly. ``seed`` drives splits and training; ``n_bootstrap`` sizes confidence intervals
         (0: none). ``workdir``: where a task may keep what it trained (a segmentation decoder) for a later task or
-        rerun; ``None`` keeps nothing.
+        rerun; ``None`` keeps nothing. ``data_digest``: a checksum of ``dataset`` the caller already holds (the
+        benchmark's manifest); a task that keys kept state on the data uses it instead of hashing the files again.
         """
 
     def __repr__(self) -> str:

@@ -140,7 +140,6 @@ class SegmentHC(Task):
 
     name = "segment-hc"
     Options = SegmentOptions
-    takes_data_digest = True  # the benchmark passes its manifest checksum to key the kept decoder
 
     def run(self, model, dataset, cache=None, progress: bool = True, *, seed: int = 0, n_bootstrap: int = 10_000,
             workdir: Path | None = None, data_digest: str | None = None) -> TaskResult:
@@ -167,7 +166,6 @@ class BiometryHC(Task):
 
     name = "biometry-hc"
     Options = SegmentOptions  # one trained decoder serves segment-hc and biometry-hc
-    takes_data_digest = True
 
     def __init__(self, options: SegmentOptions | Mapping[str, Any] | None = None, *, segmenter: Segmenter | None = None,
                  dataset_masks: bool = False):

@@ -62,7 +62,7 @@ class TransferPlanes(Task):
     Options = TransferOptions
 
     def run(self, model, dataset, cache=None, progress: bool = True, *, seed: int = 0, n_bootstrap: int = 10_000,
-            workdir: Path | None = None) -> TaskResult:
+            workdir: Path | None = None, data_digest: str | None = None) -> TaskResult:
         from .probe import labelled_subset, linear_probe
         from .zeroshot_tasks import ZeroShotPlanes
 

@@ -49,7 +49,7 @@ class _ZeroShotClassification(Task):
     target: ClassVar[str]  # "planes" or "brain": the label vocabulary and packaged prompt file
 
     def run(self, model, dataset, cache=None, progress: bool = True, *, seed: int = 0, n_bootstrap: int = 10_000,
-            workdir: Path | None = None) -> TaskResult:
+            workdir: Path | None = None, data_digest: str | None = None) -> TaskResult:
         from .zeroshot import predict, record_target, report
 
         options = self.options
@@ -133,7 +133,7 @@ class ZeroShotGA(Task):
     Options = ZeroShotGAOptions
 
     def run(self, model, dataset, cache=None, progress: bool = True, *, seed: int = 0, n_bootstrap: int = 10_000,
-            workdir: Path | None = None) -> TaskResult:
+            workdir: Path | None = None, data_digest: str | None = None) -> TaskResult:
         return self.evaluate(self.predict(model, dataset, cache=cache, progress=progress), n_bootstrap=n_bootstrap)
 
     def predict(self, model, dataset, cache=None, progress: bool = True):
