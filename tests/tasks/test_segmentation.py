@@ -126,6 +126,20 @@ def test_decoder_learns_synthetic_heads_and_saves(tmp_path, tiny_model, one_thre
         segmentation_data(again, dataset, size=100)
 
 
+def test_a_convolutional_tower_feeds_the_same_decoder(tmp_path, one_thread):
+    from fetalclip.data.datasets import open_dataset
+    from fetalclip.models import create_model
+    from fetalclip.tasks.features import FeatureCache
+
+    rn = create_model("fetalclip-tiny-rn", seed=0).eval()
+    dataset = open_dataset(f"csv:{write_synthetic_heads(tmp_path)}")
+    data, originals = segmentation_data(FeatureCache(rn, tmp_path / "cache"), dataset, size=64)
+    assert data.blocks.shape[1:] == (4, 1024, 14, 14)  # its four stages, padded to the widest
+    result, _, _ = run_segmentation(data, originals, folds=1, runs=1, epochs=12, batch_size=4, lr=3e-3,
+                                    channels=SMALL, test_fraction=0.25)
+    assert result["n_test"] >= 2 and result["dice_pooled"]["mean"] > 0.8
+
+
 def test_missing_masks_and_bad_runs_fail_clearly(tmp_path):
     with pytest.raises(FetalCLIPError, match="no segmentation mask"):
         sample_mask({"source": "x.png", "metadata": {}})

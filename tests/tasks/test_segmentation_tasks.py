@@ -109,6 +109,12 @@ def test_baselines_honour_the_block_contract_or_are_unavailable(tmp_path, tiny_m
     with pytest.raises(FetalCLIPError, match="out of range"):
         vit.encode_image_intermediates(x, [2])
     resnet = _open_clip_baseline(tmp_path / "rn", {"layers": [1, 1, 1, 1], "width": 8})
+    assert resnet.image_block_count == 4  # a ModifiedResNet offers its stages
+    with torch.inference_mode():
+        out = resnet.encode_image_intermediates(x, [0, 3])
+        torch.testing.assert_close(out.embeddings, resnet.encode_image(x))
+    assert out.blocks.shape == (2, 2, 256, 4, 4)
+    resnet.clip.visual = torch.nn.Conv2d(3, 32, 64)  # a tower with neither blocks nor stages
     assert resnet.image_block_count is None
-    with pytest.raises(TaskUnavailable, match="no transformer blocks to tap"):
+    with pytest.raises(TaskUnavailable, match="no image blocks to tap"):
         SegmentHC().run(resnet, heads, progress=False)

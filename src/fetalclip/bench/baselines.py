@@ -6,9 +6,9 @@ and their own tokenizer and context length (77 for CLIP), and they must be evalu
 or the comparison is unfair to them. ``BaselineModel`` therefore subclasses our ``FetalCLIP`` wrapper
 (same ``encode_image``/``encode_text``/``tokenize``/``preprocess``/``context_length``) but swaps in the
 model's own transform and tokenizer. The rest of the model contract is inherited unchanged: ``input_dtype``,
-``image_block_count`` and ``encode_image_intermediates`` work for open_clip's own ViT towers and for timm ViT
-trunks (BiomedCLIP); a ResNet tower has no blocks to tap (``image_block_count`` is ``None``), so the tasks
-that need them (the segmentation probe) report it as unavailable rather than failing.
+``image_block_count`` and ``encode_image_intermediates`` work for open_clip's own ViT and ModifiedResNet towers
+and for timm ViT trunks (BiomedCLIP); another timm trunk has no blocks to tap (``image_block_count`` is
+``None``), so the tasks that need them (the segmentation probe) report it as unavailable rather than failing.
 
 Specs (``--model`` values):
 

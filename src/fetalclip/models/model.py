@@ -7,8 +7,9 @@ callers have one or the other and converting in one place keeps that logic from 
 
 The contract every task relies on (our models and the benchmark's open_clip baselines alike): ``encode_image``,
 ``encode_text``, ``tokenize``, ``preprocess``, ``input_dtype``, and the intermediate image blocks
-(``image_block_count``, ``encode_image_intermediates``) that the segmentation probe taps. No task reaches into
-the towers' modules (``clip.visual.transformer.resblocks``) itself.
+(``image_block_count``, ``encode_image_intermediates``) that the segmentation probe taps: a ViT's transformer
+blocks, a convolutional tower's four stages (``models.layers`` says how they become token grids). No task
+reaches into the towers' modules (``clip.visual.transformer.resblocks``) itself.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import torch.nn.functional as F
 
 from ..errors import FetalCLIPError
 from .checkpoint import write_checkpoint_dir
+from .layers import CONV_STAGES, conv_stage_grids, is_conv_tower
 from .preprocess import ImageLike, Preprocessor
 from .registry import architecture_of
 from .tokenizer import tokenize as _tokenize
 
 
 class NoImageBlocksError(FetalCLIPError):
-    """An image tower without transformer blocks to tap (a ResNet or convolutional trunk)."""
+    """An image tower without blocks to tap (a trunk that is neither a ViT nor open_clip's ModifiedResNet)."""
 
 
 class ImageIntermediates(NamedTuple):
@@ -84,12 +86,15 @@ class FetalCLIP(torch.nn.Module):
 
     @property
     def image_block_count(self) -> int | None:
-        """How many transformer blocks the image tower has (``None``: a tower without blocks to tap).
+        """How many blocks the image tower offers to tap (``None``: a tower without blocks to tap).
 
         open_clip's own ViT keeps them in ``transformer.resblocks``; a timm ViT trunk (BiomedCLIP) in
         ``trunk.blocks``. Both towers' ``forward_intermediates`` then return token grids of equal width.
+        open_clip's ModifiedResNet offers its four stages (``models.layers.conv_stage_grids``).
         """
         visual = self.clip.visual
+        if is_conv_tower(visual):
+            return CONV_STAGES
         blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
         if blocks is None:
             blocks = getattr(getattr(visual, "trunk", None), "blocks", None)
@@ -102,11 +107,13 @@ class FetalCLIP(torch.nn.Module):
         """Embeddings and the outputs of image blocks ``layers`` (0-based) as ``[N, T, W, g, g]`` grids, one pass."""
         count = self.image_block_count
         if count is None:
-            raise NoImageBlocksError(f"{self.name}: its image tower has no transformer blocks to tap")
+            raise NoImageBlocksError(f"{self.name}: its image tower has no blocks to tap")
         layers = [int(layer) for layer in layers]
         if not layers or any(layer < 0 or layer >= count for layer in layers):
             raise FetalCLIPError(f"block taps {layers} out of range for a {count}-block encoder")
         images = self._image_batch(images)
+        if is_conv_tower(self.clip.visual):
+            return ImageIntermediates(*conv_stage_grids(self.clip.visual, images, layers))
         result = self.clip.visual.forward_intermediates(images, indices=layers, output_fmt="NCHW")
         return ImageIntermediates(result["image_features"], torch.stack(result["image_intermediates"], dim=1))
 

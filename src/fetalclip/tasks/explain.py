@@ -1,4 +1,4 @@
-"""Class-activation maps for ViT image encoders, conditioned on text prompts.
+"""Class-activation maps for ViT and convolutional image encoders, conditioned on text prompts.
 
 A map answers "where in this image is the evidence that it matches class C", with C given as prompts
 (``{class: [prompt, ...]}``, the zero-shot class vector: normalised mean of normalised prompt embeddings).
@@ -15,7 +15,8 @@ layer the published FetalCLIP figures used), reshaped to the patch grid:
 Both keep the positive part of the map. Gradients are taken with respect to the hooked
 activations only (``torch.autograd.grad``), so parameters' ``.grad`` stay untouched and frozen models work.
 The hooked layer comes from the model layer (``models.layers.cam_layer``: open_clip's ViT or a timm trunk,
-the last block's first norm), with the class/register tokens dropped before reshaping.
+the last block's first norm, with the class/register tokens dropped before reshaping; open_clip's
+ModifiedResNet, the output of its last stage, as CNN Grad-CAM hooks).
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ class _Capture:
         self._handle.remove()
 
 
-def _to_grid(tokens: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
-    """``[B, prefix + h*w, C]`` tokens -> ``[B, C, h, w]`` maps."""
+def _to_grid(tokens: torch.Tensor, prefix: int | None, grid: tuple[int, int]) -> torch.Tensor:
+    """``[B, prefix + h*w, C]`` tokens -> ``[B, C, h, w]`` maps (``prefix`` ``None``: already maps)."""
+    if prefix is None:
+        return tokens
     patches = tokens[:, prefix:, :]
     if patches.shape[1] != grid[0] * grid[1]:
         raise FetalCLIPError(f"expected {grid[0] * grid[1]} patch tokens, got {patches.shape[1]} (patch dropout active?)")

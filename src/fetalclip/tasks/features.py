@@ -163,12 +163,12 @@ class FeatureCache:
         return np.stack([entry["embedding"] for entry in entries]).astype(np.float32) if entries else np.zeros((0, self.model.embed_dim), np.float32)
 
     def blocks(self, dataset: SampleDataset, taps: Sequence[int] | None = None) -> BlockFeatures:
-        """Tapped transformer blocks (token grids), model-input images and embeddings of every record."""
+        """Tapped blocks as token grids (``models.layers``), model-input images and embeddings of every record."""
         n_layers = self.model.image_block_count
         if n_layers is None:
             from ..models.model import NoImageBlocksError
 
-            raise NoImageBlocksError(f"{self.model.name}: its image tower has no transformer blocks to tap")
+            raise NoImageBlocksError(f"{self.model.name}: its image tower has no blocks to tap")
         taps = list(taps) if taps is not None else default_taps(n_layers)
         if any(t < 0 or t >= n_layers for t in taps):
             raise FetalCLIPError(f"block taps {taps} out of range for a {n_layers}-block encoder")

@@ -105,8 +105,8 @@ def trained_segmenter(model, dataset, options: SegmentOptions, cache=None, *, se
     except FetalCLIPError as exc:
         raise TaskUnavailable(f"{task}: {exc}") from None
     n_layers = model.image_block_count
-    if n_layers is None:  # e.g. a ResNet tower inside an open_clip baseline
-        raise TaskUnavailable(f"{task}: {model.name} has no transformer blocks to tap")
+    if n_layers is None:  # e.g. a timm trunk that is not a ViT, inside an open_clip baseline
+        raise TaskUnavailable(f"{task}: {model.name} has no image blocks to tap (neither a ViT nor a ModifiedResNet)")
     cache = _feature_cache(model, cache, progress)
     values = options.to_dict()
     taps = list(options.taps) if options.taps else default_taps(n_layers)
