@@ -14,7 +14,7 @@ from fetalclip.train import train
 from fetalclip.train.negatives import AbsentViewCaptions
 from fetalclip.train.objectives import nt_xent, own_pair_targets, targeted_clip_loss, view_positive_clip_loss
 
-from .conftest import small_config
+from .conftest import small_config, write_pairs
 from .test_loop import _command, _env, losses
 
 
@@ -111,6 +111,15 @@ def test_the_loop_adds_absent_view_negatives_and_accumulation_keeps_the_losses(t
     assert full.losses[0] > plain.losses[0]  # more columns to lose probability to
     with pytest.raises(FetalCLIPError, match="absent_view_negatives adds columns to the clip loss"):
         small_config([pairs_spec], absent_view_negatives=True, loss="siglip")
+
+
+def test_absent_view_negatives_refuse_captions_the_labels_do_not_vouch_for(tmp_path):
+    captioned = write_pairs(tmp_path / "captioned", captions=True)  # "scan number 3 of the thorax": its own words
+    with pytest.raises(FetalCLIPError, match=r"\d+ training samples carry captions of their own"):
+        train(small_config([captioned], absent_view_negatives=True, steps=1), tmp_path / "own")
+    done = train(small_config([captioned], absent_view_negatives=True, own_captions=False, caption_fn="plain", steps=1),
+                 tmp_path / "plain")
+    assert len(done.losses) == 1
 
 
 def test_absent_view_captions_are_seeded_by_step():

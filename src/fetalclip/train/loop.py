@@ -195,7 +195,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hook
     )
     if config.cache_images:
         dataset.enable_cache()
-    negatives = AbsentViewCaptions(dataset.views, model.context_length, config.seed) if config.absent_view_negatives else None
+    negatives = None
+    if config.absent_view_negatives:
+        negatives = AbsentViewCaptions.for_dataset(dataset, model.context_length, config.seed)
     if negatives is not None and ctx.is_main:
         log.info("absent-view negatives: %s", ", ".join(negatives.views) or "none (the data shows every known view)")
     sampler = StepBatchSampler(micro_batch, config.accum_steps, ctx.rank, ctx.world_size, start_step, config.steps)

@@ -12,6 +12,11 @@ views away from every kind of image it trains on, the way a captioned data set w
 Absent means neither a view of the training set nor an ancestor or descendant of one (a four-chamber caption is
 never a negative where thorax images train; ``data.captions.absent_views``). The captions are drawn from a
 stream of their own, seeded by the step, so they are the same on every process and on resume.
+
+The views come from the samples' labels, so the lever is only sound where the captions do too: a caption of a
+sample's own (a report in a shard) may describe a view its labels do not name, and an unlabelled corpus would
+make every view "absent". ``for_dataset`` therefore refuses a training set in which captions of their own are
+used (``own_captions = true`` and some sample has one).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from ..data.captions import absent_views, view_caption
+from ..errors import FetalCLIPError
 from ..models.tokenizer import tokenize
 
 _NEGATIVE_STREAM = 7  # train.data's random streams are 1-6
@@ -34,6 +40,17 @@ class AbsentViewCaptions:
         self.views = absent_views(present_views)
         self.context_length = context_length
         self.seed = seed
+
+    @classmethod
+    def for_dataset(cls, dataset, context_length: int, seed: int) -> "AbsentViewCaptions":
+        """For a ``train.data.PairDataset``; refused where samples' own captions are used (see above)."""
+        if dataset.own_captions:
+            own = sum(1 for d, i in dataset.items if dataset.datasets[d].records[i].get("caption"))
+            if own:
+                raise FetalCLIPError(
+                    f"absent_view_negatives: {own} training samples carry captions of their own, which may describe views "
+                    "their labels do not name; set own_captions = false (captions from the labels) or drop the negatives")
+        return cls(dataset.views, context_length, seed)
 
     def __len__(self) -> int:
         return len(self.views)
