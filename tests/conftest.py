@@ -48,6 +48,37 @@ def tiny_model():
     return create_model("fetalclip-tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def phantom_heads():
+    """Twelve small phantom head images (six patients) with head masks."""
+    from fetalclip.data.datasets import open_dataset
+
+    return open_dataset("sim:12,size=96,per_patient=2,classes=brain")
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(tmp_path_factory, tiny_model, phantom_heads):
+    """A tiny decoder on ``tiny_model``, trained a few epochs on ``phantom_heads``, saved as `probe segment --save`
+    saves one (a folder); read-only."""
+    import torch
+
+    from fetalclip.tasks.features import FeatureCache
+    from fetalclip.tasks.segmentation import run_segmentation, save_decoder, segmentation_data
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cache = FeatureCache(tiny_model, None)
+        data, originals = segmentation_data(cache, phantom_heads, size=32, merge_labels=True)
+        _, best, _ = run_segmentation(data, originals, epochs=8, lr=1e-2, channels=[8] * 5, seed=3)
+    finally:
+        torch.set_num_threads(threads)
+    folder = tmp_path_factory.mktemp("segmenter")
+    save_decoder(folder, best.decoder, {"model": "fetalclip-tiny", "name": tiny_model.name, "fingerprint": cache.fingerprint,
+                                        "taps": cache.blocks(phantom_heads).taps}, extra={"size": 32})
+    return folder
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test: on the shared 2-core machine two OpenMP threads competing with other

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from fetalclip.data.datasets import open_dataset
 from fetalclip.errors import FetalCLIPError
 from fetalclip.growth import WHO_HC_QUANTILES, who_hc
 from fetalclip.tasks.biometry import measure_head
@@ -19,42 +18,15 @@ from fetalclip.tasks.segmentation_head import hc_percentile, head_biometry, mask
 BRAIN_ONLY = {"brain": ["Ultrasound image of the fetal brain"]}
 
 
-@pytest.fixture(scope="module")
-def heads_data():
-    return open_dataset("sim:12,size=96,per_patient=2,classes=brain")
-
-
-@pytest.fixture(scope="module")
-def segmenter_dir(tmp_path_factory, tiny_model, heads_data):
-    """A tiny decoder trained for a few epochs on phantom heads, saved as `probe segment --save` saves one."""
-    import torch
-
-    from fetalclip.tasks.features import FeatureCache
-    from fetalclip.tasks.segmentation import run_segmentation, save_decoder, segmentation_data
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cache = FeatureCache(tiny_model, None)
-        data, originals = segmentation_data(cache, heads_data, size=32, merge_labels=True)
-        _, best, _ = run_segmentation(data, originals, epochs=8, lr=1e-2, channels=[8] * 5, seed=3)
-    finally:
-        torch.set_num_threads(threads)
-    folder = tmp_path_factory.mktemp("segmenter")
-    save_decoder(folder, best.decoder, {"model": "fetalclip-tiny", "name": tiny_model.name, "fingerprint": cache.fingerprint,
-                                        "taps": cache.blocks(heads_data).taps}, extra={"size": 32})
-    return folder
-
-
-def test_predictor_measures_a_head_view_as_the_benchmark_does(tiny_model, heads_data, segmenter_dir):
+def test_predictor_measures_a_head_view_as_the_benchmark_does(tiny_model, phantom_heads, tiny_segmenter):
     from fetalclip.tasks.features import FeatureCache
     from fetalclip.tasks.segmentation_decoder import Segmenter
 
-    predictor = Predictor(tiny_model, segmenter=segmenter_dir, plane_prompts=BRAIN_ONLY, head_mask=True)
-    label_maps = Segmenter.load(segmenter_dir).label_maps(FeatureCache(tiny_model, None), heads_data)
+    predictor = Predictor(tiny_model, segmenter=tiny_segmenter, plane_prompts=BRAIN_ONLY, head_mask=True)
+    label_maps = Segmenter.load(tiny_segmenter).label_maps(FeatureCache(tiny_model, None), phantom_heads)
     measured = 0
     for i in range(4):
-        sample = heads_data[i]
+        sample = phantom_heads[i]
         answer = predictor(sample["image"], spacing_mm=sample["pixel_spacing_mm"])
         biometry = answer.biometry
         head = rle_mask(biometry.mask)
@@ -73,18 +45,18 @@ def test_predictor_measures_a_head_view_as_the_benchmark_does(tiny_model, heads_
         json.dumps(answer.to_dict(), allow_nan=False)
     assert measured >= 1
     # Without a spacing: the mask and the fit, no measurements, and the reason.
-    bare = predictor(heads_data[0]["image"]).biometry
+    bare = predictor(phantom_heads[0]["image"]).biometry
     assert bare.hc_mm is None and bare.ga_who_days is None and "no pixel spacing" in bare.reason
     # Not a head view: no biometry.
-    other = Predictor(tiny_model, segmenter=segmenter_dir, plane_prompts={"femur": ["fetal femur"]})
-    assert other(heads_data[0]["image"], spacing_mm=0.2).biometry is None
+    other = Predictor(tiny_model, segmenter=tiny_segmenter, plane_prompts={"femur": ["fetal femur"]})
+    assert other(phantom_heads[0]["image"], spacing_mm=0.2).biometry is None
 
 
-def test_segmenter_for_other_weights_is_refused(tiny_model, segmenter_dir):
+def test_segmenter_for_other_weights_is_refused(tiny_model, tiny_segmenter):
     from fetalclip.models import create_model
 
     with pytest.raises(FetalCLIPError, match="trained on other weights"):
-        Predictor(create_model("fetalclip-tiny", seed=1), segmenter=segmenter_dir)
+        Predictor(create_model("fetalclip-tiny", seed=1), segmenter=tiny_segmenter)
 
 
 def test_quality_flag_and_its_reason():
@@ -138,12 +110,12 @@ class FakeHead:
         return np.stack([1 - score, score], axis=1)
 
 
-def test_image_heads_score_scans_and_clip_heads_score_sweeps(tiny_model, heads_data):
+def test_image_heads_score_scans_and_clip_heads_score_sweeps(tiny_model, phantom_heads):
     import torch
 
     image_head, clip_head = FakeHead("plane-probe", "image"), FakeHead("chd", "clip", frames=4)
     predictor = Predictor(tiny_model, heads=[image_head, clip_head], plane_prompts=BRAIN_ONLY)
-    frames = [heads_data[i]["image"] for i in range(6)]
+    frames = [phantom_heads[i]["image"] for i in range(6)]
     answer = predictor(frames[0])
     with torch.inference_mode():
         raw = tiny_model.encode_image([frames[0]]).numpy()
