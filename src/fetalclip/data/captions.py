@@ -178,11 +178,14 @@ def sample_view(sample: dict[str, Any]) -> str:
     return "other"
 
 
+def phrases_of_view(view: str) -> tuple[str, ...]:
+    """Phrasings of a view key; an unknown name is still the best description available: used as written."""
+    return VIEW_PHRASES.get(view) or (view.replace("_", " "),)
+
+
 def view_phrases(sample: dict[str, Any]) -> tuple[str, ...]:
     """Phrasings for the most specific view the sample names (see ``sample_view``)."""
-    view = sample_view(sample)
-    # An unknown name is still the best description available: use it as written.
-    return VIEW_PHRASES.get(view) or (view.replace("_", " "),)
+    return phrases_of_view(sample_view(sample))
 
 
 def view_name(sample: dict[str, Any]) -> str:
@@ -257,7 +260,7 @@ def absent_views(present: Iterable[str]) -> tuple[str, ...]:
 
 def view_caption(view: str, rng: np.random.Generator) -> str:
     """A plain caption of a named view (``plain_caption`` without a sample): one phrasing in one sentence frame."""
-    phrases = VIEW_PHRASES.get(view) or (view.replace("_", " "),)
+    phrases = phrases_of_view(view)
     phrase = phrases[int(rng.integers(len(phrases)))]
     return TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(view=phrase, ga="", spacing="")
 

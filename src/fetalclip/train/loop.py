@@ -198,8 +198,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, restart: bool, hook
     negatives = None
     if config.absent_view_negatives:
         negatives = AbsentViewCaptions.for_dataset(dataset, model.context_length, config.seed)
-    if negatives is not None and ctx.is_main:
-        log.info("absent-view negatives: %s", ", ".join(negatives.views) or "none (the data shows every known view)")
+        if ctx.is_main:
+            log.info("absent-view negatives: %s", ", ".join(negatives.views) or "none (the data shows every known view)")
     sampler = StepBatchSampler(micro_batch, config.accum_steps, ctx.rank, ctx.world_size, start_step, config.steps)
     loader = make_loader(dataset, sampler, config.workers, device)
     builtin = builtin_hooks and len(holdout_items) >= 2

@@ -107,10 +107,8 @@ class Objective(torch.nn.Module):
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, views=None, image2_features=None,
                 negative_text_features=None):
         if self.view_positives or negative_text_features is not None:
-            if self.view_positives:
-                targets = same_view_targets(views, self.world_size)
-            else:
-                targets = own_pair_targets(image_features.shape[0], self.rank, self.world_size, image_features.device)
+            targets = (same_view_targets(views, self.world_size) if self.view_positives
+                       else own_pair_targets(image_features.shape[0], self.rank, self.world_size, image_features.device))
             loss = targeted_clip_loss(image_features, text_features, logit_scale, targets.to(image_features.dtype),
                                       negative_text_features, self.world_size)
         elif logit_bias is not None:
