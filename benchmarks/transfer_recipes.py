@@ -60,14 +60,13 @@ def fmt(metric) -> str:
     return f"{metric.value:.1f} [{metric.ci[0]:.0f}, {metric.ci[1]:.0f}]"
 
 
-def held_out_hc18(config: dict):
+def held_out_hc18(run: str, config: dict):
     """The run's held-out HC18 patients (the split ``fetalclip train`` drew, recomputed from its config)."""
-    from fetalclip.train.data import held_out_dataset, open_sources, split_by_patient
+    from fetalclip.data.datasets import open_dataset
+    from fetalclip.train.heldout import held_out_patients, only_patients
 
-    sources = open_sources(config["data"])
-    _, held = split_by_patient(sources, config["holdout_fraction"], config["seed"], config.get("holdout_group"))
-    hc18 = [k for k, spec in enumerate(config["data"]) if spec.startswith("hc18:")]
-    return held_out_dataset(sources, [(d, i) for d, i in held if d in hc18]) if hc18 else None
+    hc18 = [spec for spec in config["data"] if spec.startswith("hc18:")]
+    return only_patients(open_dataset(hc18[0]), held_out_patients(run), f"{run} held out") if hc18 else None
 
 
 def evaluate(model, fpdb, hc18_heads, machine: str, seed: int, n_bootstrap: int, cache_root: Path) -> dict[str, str]:
@@ -127,7 +126,7 @@ def main() -> None:
     configs = {run: json.loads((Path(run) / "config.json").read_text()) for run in args.run}
     for run, config in configs.items():
         machine = args.machine or (config.get("holdout_group") or "us_machine=Aloka").partition("=")[2]
-        heads = held_out_hc18(config)
+        heads = held_out_hc18(run, config)
         model = fetalclip.load(str(Path(run) / "model"))
         rows.append((Path(run).name, evaluate(model, fpdb, heads, machine, args.seed, args.bootstrap, cache_root)))
         print(f"{rows[-1][0]}: {rows[-1][1]}", file=sys.stderr, flush=True)
@@ -136,7 +135,7 @@ def main() -> None:
         machine = args.machine or (config.get("holdout_group") or "us_machine=Aloka").partition("=")[2]
         model = _random(config["model"], config["seed"])
         rows.append((f"{config['model']} (random weights)",
-                     evaluate(model, fpdb, held_out_hc18(config), machine, args.seed, args.bootstrap, cache_root)))
+                     evaluate(model, fpdb, held_out_hc18(run, config), machine, args.seed, args.bootstrap, cache_root)))
     columns = [("probe6", "LP F1, 6 planes"), ("probe4", "LP F1, 4 planes"), ("lr4", "LR F1, 4 planes"), ("zs6", "ZS F1, 6 planes"),
                ("zs4", "ZS F1, 4 planes"), ("hc18_probe", "HC18 heads: LP says brain %"), ("hc18_zs", "HC18 heads: ZS says brain %")]
     print("| run | " + " | ".join(title for _, title in columns) + " |")

@@ -108,6 +108,18 @@ def test_benchmark_without_baseline_weights_fails_clearly(tmp_path, planes, caps
     assert not (tmp_path / "o" / "results.json").exists()
 
 
+def test_benchmark_held_out_of_needs_a_run_that_held_patients_out(tmp_path, planes, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": [f"folder:{planes}"], "seed": 0, "holdout_fraction": 0.0}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark", "--model", "fetalclip-tiny", "--data", f"planes=folder:{planes}", "--out", str(tmp_path / "o"),
+              "--held-out-of", str(run)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {run}: the run held no patient out")
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
 def test_list_tasks():
     result = CliRunner().invoke(app, ["benchmark", "--model", "x", "--list-tasks"])
     assert result.exit_code == 0 and "biometry-hc" in result.output and "data=seg" in result.output

@@ -185,3 +185,28 @@ def test_manifest_checksum_follows_content_not_location(tmp_path, planes_dir):
     assert manifest_checksum(open_dataset(f"folder:{moved}")) == original
     (moved / "femur" / "0.png").write_bytes((moved / "femur" / "0.png").read_bytes() + b"\0")
     assert manifest_checksum(open_dataset(f"folder:{moved}")) != original
+
+
+def test_held_out_of_scores_only_the_runs_unseen_patients(tmp_path, fpdb_dir):
+    import json
+
+    from fetalclip.data.sample import domain_of
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": [f"fpdb:{fpdb_dir}"], "seed": 0, "holdout_fraction": 0.2,
+                                                 "holdout_group": "us_machine=Aloka"}))
+    counter, lines = Counter(), []
+    data = {"planes": f"fpdb:{fpdb_dir}"}
+    kwargs = dict(registry=counter.registry(), progress=False, echo=lines.append, model_loader=counter.loader)
+    whole = run_benchmark(MODELS[:1], data, tmp_path / "o", ["t1"], **kwargs)
+    held = run_benchmark(MODELS[:1], data, tmp_path / "o", ["t1"], held_out_of=run, **kwargs)
+    everything = open_dataset(data["planes"])
+    aloka = sum(domain_of(r, "us_machine") == "Aloka" for r in everything.records)
+    n_held = held.provenance["data"]["planes"]["n"]
+    assert aloka < n_held < len(everything)  # the machine and a fifth of the other patients
+    assert held.provenance["data"]["planes"]["held_out_of"] == str(run)
+    assert "held_out_of" not in whole.provenance["data"]["planes"]
+    # The fake task scores len(dataset): the held-out run computed afresh on the smaller set, nothing reused.
+    assert [e["metrics"]["score"]["value"] for e in (*whole.entries, *held.entries)] == [len(everything), n_held]
+    assert (whole.computed, held.computed, held.reused) == (1, 1, 0)

@@ -201,10 +201,17 @@ def run_benchmark(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     model_loader: Callable[..., Any] = load_model,
+    held_out_of: str | os.PathLike | None = None,
 ) -> BenchmarkRun:
-    """Compute (or reuse) every requested task for every model; results land in ``out_dir/store``."""
+    """Compute (or reuse) every requested task for every model; results land in ``out_dir/store``.
+
+    ``held_out_of``: a training run folder; every dataset keeps only the patients that run never trained on
+    (recomputed from its config), so a pretrained model is scored on unseen patients. The restricted manifest
+    has its own checksum, so stored results of the whole datasets are never reused for it.
+    """
     from ..data.datasets import open_dataset
     from ..progress import progress_bar
+    from ..train.heldout import held_out_patients, only_patients
 
     registry = registry or default_registry()
     task_names = list(tasks) if tasks else registry.names()
@@ -235,10 +242,15 @@ def run_benchmark(
             skipped.append({"task": spec.name, "model": None, "reason": reason})
             echo(f"skip {spec.name}: {reason}")
 
+    patients = held_out_patients(held_out_of) if held_out_of is not None else None
     datasets, data_info = {}, {}
     for key in sorted({spec.data_key for spec in runnable}):
         datasets[key] = open_dataset(data[key])
+        if patients is not None:
+            datasets[key] = only_patients(datasets[key], patients, f"that {held_out_of} held out of training")
         data_info[key] = {"spec": data[key], "manifest_sha256": manifest_checksum(datasets[key]), "n": len(datasets[key])}
+        if patients is not None:
+            data_info[key]["held_out_of"] = str(held_out_of)
         if datasets[key].missing:
             echo(f"data {key}: {len(datasets[key].missing)} listed files are missing and left out")
 

@@ -63,6 +63,8 @@ def benchmark_command(
     fresh: bool = typer.Option(False, "--fresh", help="Recompute everything instead of reusing stored results."),
     list_tasks: bool = typer.Option(False, "--list-tasks", help="Print the tasks and their options, then exit."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a folder that is not an earlier benchmark run."),
+    held_out_of: Path = typer.Option(None, "--held-out-of", help="A training run folder: score every task on the patients "
+                                     "that run never trained on (its split, recomputed from RUN/config.json)."),
 ) -> None:
     """Benchmark models on the FetalCLIP tasks; writes results.json/.csv/.md and report.html to --out."""
     import json
@@ -116,6 +118,7 @@ def benchmark_command(
             registry=registry,
             fresh=fresh,
             echo=typer.echo,
+            held_out_of=held_out_of,
         )
     finally:
         torch.set_num_threads(previous_threads)  # in-process callers (tests, the demo) keep their setting
