@@ -102,15 +102,23 @@ class FetalCLIP(torch.nn.Module):
             return None
         return len(blocks)
 
-    def encode_image_intermediates(self, images: torch.Tensor | ImageLike | Sequence[ImageLike],
-                                   layers: Sequence[int]) -> ImageIntermediates:
-        """Embeddings and the outputs of image blocks ``layers`` (0-based) as ``[N, T, W, g, g]`` grids, one pass."""
+    def image_taps(self, layers: Sequence[int]) -> list[int]:
+        """``layers`` as 0-based block indices, checked against the image tower (at least one, each in range).
+
+        The one check: feature caches run it before a cache hit could skip ``encode_image_intermediates``.
+        """
         count = self.image_block_count
         if count is None:
             raise NoImageBlocksError(f"{self.name}: its image tower has no blocks to tap")
         layers = [int(layer) for layer in layers]
         if not layers or any(layer < 0 or layer >= count for layer in layers):
             raise FetalCLIPError(f"block taps {layers} out of range for a {count}-block encoder")
+        return layers
+
+    def encode_image_intermediates(self, images: torch.Tensor | ImageLike | Sequence[ImageLike],
+                                   layers: Sequence[int]) -> ImageIntermediates:
+        """Embeddings and the outputs of image blocks ``layers`` (0-based) as ``[N, T, W, g, g]`` grids, one pass."""
+        layers = self.image_taps(layers)
         images = self._image_batch(images)
         if is_conv_tower(self.clip.visual):
             return ImageIntermediates(*conv_stage_grids(self.clip.visual, images, layers))

@@ -164,14 +164,7 @@ class FeatureCache:
 
     def blocks(self, dataset: SampleDataset, taps: Sequence[int] | None = None) -> BlockFeatures:
         """Tapped blocks as token grids (``models.layers``), model-input images and embeddings of every record."""
-        n_layers = self.model.image_block_count
-        if n_layers is None:
-            from ..models.model import NoImageBlocksError
-
-            raise NoImageBlocksError(f"{self.model.name}: its image tower has no blocks to tap")
-        taps = list(taps) if taps is not None else default_taps(n_layers)
-        if any(t < 0 or t >= n_layers for t in taps):
-            raise FetalCLIPError(f"block taps {taps} out of range for a {n_layers}-block encoder")
+        taps = self.model.image_taps(taps if taps is not None else default_taps(self.model.image_block_count or 0))
         entries = self._entries(dataset, "blocks-" + "-".join(map(str, taps)), {}, taps=taps, augment=None)
         return BlockFeatures(
             blocks=np.stack([e["blocks"] for e in entries]),
