@@ -13,7 +13,8 @@ import numpy as np
 
 
 @lru_cache(maxsize=1)
-def _font():
+def overlay_font():
+    """PIL's built-in bitmap font (no font file to find): the scanner text here and in pretraining augmentation."""
     from PIL import ImageFont
 
     return ImageFont.load_default_imagefont()
@@ -29,7 +30,7 @@ def burn_overlay(image: np.ndarray, plan: Any) -> np.ndarray:
     ov = plan.overlay
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
-    font = _font()
+    font = overlay_font()
     for row, text in enumerate(ov.text_left):
         draw.text((2, 1 + 10 * row), text, fill=ov.brightness, font=font)
     for row, text in enumerate(ov.text_right):

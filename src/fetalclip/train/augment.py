@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
+
+from ..sim.burn import overlay_font
 
 AUGMENTS = ("none", "mild", "ultrasound")
 
@@ -63,13 +64,6 @@ class Augmentation:
         image = image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=0)
         image = ImageEnhance.Brightness(image).enhance(1.0 + rng.uniform(-self.brightness, self.brightness))
         return ImageEnhance.Contrast(image).enhance(1.0 + rng.uniform(-self.contrast, self.contrast))
-
-
-@lru_cache(maxsize=1)
-def _font():
-    from PIL import ImageFont
-
-    return ImageFont.load_default_imagefont()
 
 
 _OVERLAY_CHARS = "0123456789ABCDEFGHKLMNPRSTUVWXYZ.:/- "
@@ -154,7 +148,7 @@ class UltrasoundAugmentation:
         level = int(rng.integers(180, 256))
         for _ in range(int(rng.integers(1, 4))):  # lines of scanner text
             text = "".join(rng.choice(list(_OVERLAY_CHARS), size=int(rng.integers(4, 12))))
-            draw.text((int(rng.integers(0, size - 40)), int(rng.integers(0, size - 10))), text, fill=level, font=_font())
+            draw.text((int(rng.integers(0, size - 40)), int(rng.integers(0, size - 10))), text, fill=level, font=overlay_font())
         for _ in range(int(rng.integers(0, 3))):  # caliper crosses
             x, y, arm = int(rng.integers(10, size - 10)), int(rng.integers(10, size - 10)), int(rng.integers(2, 5))
             draw.line((x - arm, y, x + arm, y), fill=level)
