@@ -59,7 +59,6 @@ def test_second_run_encodes_nothing(tmp_path, tiny_model, monkeypatch):
     np.testing.assert_array_equal(b1.blocks, b2.blocks)
 
 
-
 def test_taps_are_checked_even_when_every_entry_is_cached(tmp_path, tiny_model):
     write_images(tmp_path / "data", count=2)
     dataset = open_dataset(f"folder:{tmp_path / 'data'}")
@@ -68,6 +67,7 @@ def test_taps_are_checked_even_when_every_entry_is_cached(tmp_path, tiny_model):
     for taps in ([6], [], [-1]):  # a 6-block tower: a cache hit must not hide a tap it does not have
         with pytest.raises(FetalCLIPError, match="out of range for a 6-block encoder"):
             FeatureCache(tiny_model, tmp_path / "cache").blocks(dataset, taps=taps)
+
 
 def test_embeddings_match_the_model_and_blocks_have_the_expected_shape(tmp_path, tiny_model):
     write_images(tmp_path / "data", count=3)

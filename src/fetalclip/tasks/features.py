@@ -164,6 +164,7 @@ class FeatureCache:
 
     def blocks(self, dataset: SampleDataset, taps: Sequence[int] | None = None) -> BlockFeatures:
         """Tapped blocks as token grids (``models.layers``), model-input images and embeddings of every record."""
+        # A tower without blocks (count None) still goes through image_taps, which names that error.
         taps = self.model.image_taps(taps if taps is not None else default_taps(self.model.image_block_count or 0))
         entries = self._entries(dataset, "blocks-" + "-".join(map(str, taps)), {}, taps=taps, augment=None)
         return BlockFeatures(
